@@ -1,0 +1,78 @@
+"""Compare a site config with the live cluster kit runs on; report every drift.
+
+What is compared: each partition exists and has the configured max walltime; each GPU tier
+has nodes in its partition carrying its GRES type and constraint feature, with the configured
+GPUs per node (and CPUs, memory, node count where the file states them). Staff run this after
+a cluster change (``kit sites check NAME``).
+"""
+
+from __future__ import annotations
+
+from kit.site_schema import walltime_minutes
+
+
+def fmt_minutes(minutes: int | None) -> str:
+    if minutes is None:
+        return "unlimited"
+    days, rest = divmod(minutes, 1440)
+    text = f"{rest // 60:02d}:{rest % 60:02d}:00"
+    return f"{days}-{text}" if days else text
+
+
+def check_site(site, cluster=None) -> list[dict]:
+    from kit.slurm import query_cluster
+
+    cluster = cluster if cluster is not None else query_cluster()
+    findings: list[dict] = []
+
+    def drift(key: str, message: str) -> None:
+        findings.append({"key": key, "message": message})
+
+    for pname, part in site.partitions.items():
+        live = cluster.partitions.get(pname)
+        key = f"partitions.{pname}"
+        if live is None:
+            drift(key, f"no such partition on the cluster (it has: {', '.join(sorted(cluster.partitions))})")
+            continue
+        want = walltime_minutes(part.max_walltime) if part.max_walltime else None
+        if want != live.max_time_minutes:
+            drift(f"{key}.max_walltime", f"site says {fmt_minutes(want)}, cluster MaxTime is {fmt_minutes(live.max_time_minutes)}")
+        nodes = [cluster.nodes[n] for n in live.nodes if n in cluster.nodes]
+        for tname, tier in part.gpu_tiers.items():
+            check_tier(f"{key}.gpu_tiers.{tname}", tier, nodes, pname, drift)
+    return findings
+
+
+def check_tier(key: str, tier, nodes: list, partition: str, drift) -> None:
+    with_gres = [n for n in nodes if n.gres.get(tier.gres, 0) > 0]
+    if not with_gres:
+        types = sorted({t or "(untyped)" for n in nodes for t in n.gres})
+        drift(f"{key}.gres", f"no node in {partition} has gpu:{tier.gres} (GRES types there: {', '.join(types) or 'none'})")
+        return
+    matching = [n for n in with_gres if tier.constraint is None or tier.constraint in n.features]
+    if not matching:
+        features = sorted({f for n in with_gres for f in n.features})
+        drift(f"{key}.constraint", f"no gpu:{tier.gres} node in {partition} has feature {tier.constraint!r} "
+                                   f"(features there: {', '.join(features) or 'none'})")
+        return
+    counts = sorted({n.gres[tier.gres] for n in matching})
+    if counts != [tier.gpus_per_node]:
+        drift(f"{key}.gpus_per_node", f"site says {tier.gpus_per_node}, matching nodes have "
+                                      f"{'/'.join(map(str, counts))} gpu:{tier.gres} ({names(matching)})")
+    if tier.cpus_per_node is not None:
+        cpus = sorted({n.cpus for n in matching})
+        if cpus != [tier.cpus_per_node]:
+            drift(f"{key}.cpus_per_node", f"site says {tier.cpus_per_node}, nodes have {'/'.join(map(str, cpus))}")
+    if tier.mem_per_node_gb is not None:
+        # Slurm's RealMemory is what the OS leaves (MB); allow 15 % below the nominal size.
+        low = [n for n in matching if not 0.85 * tier.mem_per_node_gb * 1000 <= n.real_memory_mb <= 1.1 * tier.mem_per_node_gb * 1024]
+        if low:
+            mems = "/".join(sorted({f"{n.real_memory_mb} MB" for n in low}))
+            drift(f"{key}.mem_per_node_gb", f"site says {tier.mem_per_node_gb} GB, nodes have {mems} ({names(low)})")
+    if tier.nodes is not None and tier.nodes != len(matching):
+        drift(f"{key}.nodes", f"site says {tier.nodes}, the cluster has {len(matching)} ({names(matching)})")
+
+
+def names(nodes: list, limit: int = 4) -> str:
+    shown = [n.name for n in nodes[:limit]]
+    return ", ".join(shown) + (f" and {len(nodes) - limit} more" if len(nodes) > limit else "")

@@ -1,0 +1,167 @@
+"""The shape of a site file: every key, its type and what is allowed.
+
+Validation uses msgspec (a maintained C library) rather than pydantic: kit runs on login
+nodes and pydantic's schema build alone cost ~0.25 s per command. Unknown keys are errors
+(``forbid_unknown_fields``) so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+WALLTIME_RE = re.compile(r"^(?:(\d+)-)?(\d{1,3}):([0-5]\d):([0-5]\d)$")
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+def walltime_minutes(text: str) -> int:
+    """'D-HH:MM:SS' or 'HH:MM:SS' -> minutes (seconds round up)."""
+    m = WALLTIME_RE.match(text)
+    if not m:
+        raise ValueError(f"walltime {text!r} is not D-HH:MM:SS or HH:MM:SS")
+    days, hours, minutes, seconds = (int(g or 0) for g in m.groups())
+    return days * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class Account(Strict):
+    placeholder: str
+    default: str | None = None
+    pattern: str | None = None
+
+    def __post_init__(self):
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as e:
+                raise ValueError(f"pattern is not a valid regular expression: {e}") from None
+
+
+class Runtime(Strict):
+    binaries: Annotated[list[Literal["singularity", "apptainer"]], msgspec.Meta(min_length=1)]
+    env_prefixes: Annotated[list[str], msgspec.Meta(min_length=1)]
+    cache_dir: str
+    tmp_dir: str
+    module: str | None = None
+    binds: list[str] = []
+    fakeroot: bool = False
+
+
+class Driver(Strict):
+    cuda_max: Annotated[str, msgspec.Meta(pattern=r"^\d+\.\d+$")]
+    version: str | None = None
+
+
+class Paths(Strict):
+    home: str
+    project: str
+    scratch: str
+    model_cache: str
+    image_dir: str
+    state_dir: str
+
+
+class GpuTier(Strict):
+    gres: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]  # as in --gres=gpu:TYPE:N
+    model: str  # the card, as nvidia-smi names it
+    memory_gb: Positive  # nominal
+    usable_gib: PositiveFloat  # total memory per GPU as torch reports it
+    compute_capability: Annotated[float, msgspec.Meta(ge=3.0, le=20.0)]
+    gpus_per_node: Positive
+    cost: PositiveFloat  # relative price of one GPU-hour; the planner picks the cheapest fit
+    constraint: str | None = None
+    cpus_per_node: Positive | None = None
+    mem_per_node_gb: Positive | None = None
+    nodes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+    def __post_init__(self):
+        if self.usable_gib > self.memory_gb:
+            raise ValueError(f"usable_gib {self.usable_gib} exceeds memory_gb {self.memory_gb}")
+
+
+class Partition(Strict):
+    max_walltime: str | None = None  # D-HH:MM:SS, or null when unlimited/unknown
+    default_walltime: str | None = None
+    gpu_tiers: dict[str, GpuTier] = {}
+    description: str | None = None
+
+    def __post_init__(self):
+        for key in ("max_walltime", "default_walltime"):
+            value = getattr(self, key)
+            if value is not None and not WALLTIME_RE.match(value):
+                raise ValueError(f"{key} {value!r} is not D-HH:MM:SS or HH:MM:SS")
+
+    @property
+    def max_minutes(self) -> int | None:
+        return walltime_minutes(self.max_walltime) if self.max_walltime else None
+
+
+class Limits(Strict):
+    gpus_per_user: Positive | None = None
+    max_nodes_per_job: Positive = 1
+
+
+class Defaults(Strict):
+    gpu_partition: str
+    cpu_partition: str | None = None
+    walltime: str = "04:00:00"
+
+    def __post_init__(self):
+        if not WALLTIME_RE.match(self.walltime):
+            raise ValueError(f"walltime {self.walltime!r} is not D-HH:MM:SS or HH:MM:SS")
+
+
+class Network(Strict):
+    port_range: tuple[int, int]
+    tunnel: str
+
+    def __post_init__(self):
+        lo, hi = self.port_range
+        if not (1024 < lo < hi <= 65535):
+            raise ValueError("port_range must be [low, high] with 1024 < low < high <= 65535")
+
+
+class Sbatch(Strict):
+    """Directives the site adds to, or removes from, every rendered job."""
+
+    extra: list[str] = []
+    drop: list[str] = []
+
+
+class Site(Strict):
+    name: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    scheduler: Literal["slurm"]
+    login_host: str
+    account: Account
+    runtime: Runtime
+    driver: Driver
+    paths: Paths
+    limits: Limits
+    defaults: Defaults
+    partitions: Annotated[dict[str, Partition], msgspec.Meta(min_length=1)]
+    network: Network
+    description: str = ""
+    accounting: bool = False  # whether sacct works (slurmdbd configured)
+    sbatch: Sbatch = Sbatch()
+    assumed: dict[str, str] = {}  # key path -> why the value is assumed; staff verify these
+
+    def __post_init__(self):
+        names = ", ".join(self.partitions)
+        gpu = self.partitions.get(self.defaults.gpu_partition)
+        if gpu is None:
+            raise ValueError(f"defaults.gpu_partition {self.defaults.gpu_partition!r} is not a partition ({names})")
+        if not gpu.gpu_tiers:
+            raise ValueError(f"defaults.gpu_partition {self.defaults.gpu_partition!r} has no gpu_tiers")
+        cpu = self.defaults.cpu_partition
+        if cpu is not None and cpu not in self.partitions:
+            raise ValueError(f"defaults.cpu_partition {cpu!r} is not a partition ({names})")
+
+    def gpu_partitions(self) -> dict[str, Partition]:
+        return {name: p for name, p in self.partitions.items() if p.gpu_tiers}
