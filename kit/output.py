@@ -99,7 +99,8 @@ def model_detail(info) -> None:
 def models_table(rows: list[dict], site: str | None, engine: str) -> None:
     table = Table(title="Catalog models" + (f": smallest {engine} allocation on {site}" if site else ""))
     for col in ("model", "family", "params", "active", "context") + (("serve",) if site else ()):
-        table.add_column(col, justify="right" if col in ("params", "active", "context") else "left")
+        table.add_column(col, justify="right" if col in ("params", "active", "context") else "left",
+                         no_wrap=col == "model")
     for r in rows:
         cells = [r["model"], r["family"] or "", billions(r["params"]),
                  billions(r["active_params"]) if r["active_params"] != r["params"] else "=", str(r["max_context"] or "-")]

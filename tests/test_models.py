@@ -1,0 +1,196 @@
+"""Model metadata: the catalog's exact counts, local directories, the shared cache, the Hub
+stand-in, `kit models pull`, and the errors for bad input."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fakehub import FakeHub
+from kit.models import catalog
+from kit.models.arch import FAMILIES, layout_from_config
+from kitrun import kit
+
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+def test_catalog_covers_the_popular_families():
+    ids = catalog.all_ids()
+    assert len(catalog.entries()) >= 25 and len(ids) >= 32
+    for wanted in ("meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-405B-Instruct", "google/gemma-2-27b-it",
+                   "mistralai/Mixtral-8x7B-Instruct-v0.1", "mistralai/Mixtral-8x22B-Instruct-v0.1",
+                   "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-72B-Instruct", "tiiuae/falcon-7b",
+                   "HuggingFaceTB/SmolLM2-135M-Instruct", "meta-llama/Llama-3.3-70B-Instruct"):
+        assert catalog.lookup(wanted) is not None, wanted
+
+
+@pytest.mark.parametrize("entry", catalog.entries(), ids=lambda e: e["ids"][0])
+def test_catalog_counts_equal_the_published_counts(entry):
+    """kit's count from config.json equals the count published for the checkpoint."""
+    layout = layout_from_config(entry["config"], entry["ids"][0])
+    assert layout.params == entry["params"], entry["params_source"]
+    assert layout.active_params == entry["active_params"], entry["params_source"]
+
+
+def test_catalog_spans_twelve_architectures_with_tied_and_moe():
+    entries = catalog.entries()
+    types = {e["config"]["model_type"] for e in entries}
+    assert len(types) >= 12 and types <= set(FAMILIES)
+    assert any(layout_from_config(e["config"], "x").tied_embeddings for e in entries)
+    moe = [e for e in entries if e["active_params"] < e["params"]]
+    assert moe, "at least one mixture-of-experts model"
+
+
+def test_show_catalog_model_json():
+    r = kit("models", "show", "meta-llama/Llama-3.1-8B-Instruct", "--json", env=OFFLINE)
+    d = r.json()
+    assert d["params"] == 8_030_261_248 and d["active_params"] == d["params"]
+    assert (d["num_layers"], d["hidden_size"], d["num_attention_heads"], d["num_kv_heads"], d["head_dim"]) == (32, 4096, 32, 8, 128)
+    assert (d["vocab_size"], d["max_context"], d["tied_embeddings"], d["source"]) == (128256, 131072, False, "catalog")
+
+
+def test_show_mixtral_reports_active_params():
+    d = kit("models", "show", "mistralai/Mixtral-8x7B-Instruct-v0.1", "--json", env=OFFLINE).json()
+    assert d["params"] == 46_702_792_704
+    assert d["active_params"] == 12_879_925_248  # attention, embeddings, norms, router + 2 of 8 experts
+    assert d["num_experts"] == 8 and d["experts_per_token"] == 2
+
+
+def tiny_model(path: Path, tied=False, **overrides) -> int:
+    torch = pytest.importorskip("torch", reason="needs the [ml] extra")
+    transformers = pytest.importorskip("transformers", reason="needs the [ml] extra")
+    cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   tie_word_embeddings=tied, **overrides)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_local_directory_counts_from_safetensors_headers(tmp_path, tied):
+    expected = tiny_model(tmp_path / "m", tied=tied)
+    d = kit("models", "show", str(tmp_path / "m"), "--json", env=OFFLINE).json()
+    assert d["params"] == expected and d["params_from"] == "safetensors headers"
+    assert d["source"] == "local" and d["tied_embeddings"] is tied and d["num_kv_heads"] == 2
+
+
+def test_local_directory_plans(tmp_path):
+    tiny_model(tmp_path / "m")
+    r = kit("plan", "serve", str(tmp_path / "m"), "--site", "quest", "--json", env=OFFLINE)
+    assert r.json()["fits"] and r.json()["gpus"] == 1
+
+
+def test_directory_without_config_json(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = kit("models", "show", str(tmp_path / "empty"))
+    assert r.code != 0 and "no config.json" in r.error_line and str(tmp_path / "empty") in r.error_line
+
+
+def test_broken_config_json(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{not json")
+    r = kit("models", "show", str(tmp_path / "m"))
+    assert r.code != 0 and "not valid JSON" in r.error_line
+
+
+def test_unsupported_architecture_still_counts_safetensors(tmp_path):
+    expected = tiny_model(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["model_type"] = "mamba9"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    r = kit("models", "show", str(tmp_path / "m"), "--json")
+    assert r.code == 1
+    assert r.json()["params"] == expected
+    assert "unsupported architecture 'mamba9'" in r.error_line and f"{expected:,}" in r.error_line
+    plan = kit("plan", "serve", str(tmp_path / "m"), "--site", "quest")
+    assert plan.code != 0 and "unsupported architecture" in plan.error_line
+
+
+def test_unsupported_architecture_without_weights(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "mamba9", "architectures": ["Mamba9"]}))
+    r = kit("models", "show", str(tmp_path / "m"))
+    assert r.code != 0 and "unsupported architecture 'mamba9'" in r.error_line and "no safetensors" in r.error_line
+
+
+def test_unknown_model():
+    r = kit("models", "show", "nobody/no-such-model", env=OFFLINE)
+    assert r.code != 0 and "unknown model 'nobody/no-such-model'" in r.error_line
+    r = kit("plan", "serve", "./no/such/dir", "--site", "quest", env=OFFLINE)
+    assert r.code != 0 and "no such directory" in r.error_line
+
+
+@pytest.fixture
+def hub(tmp_path):
+    tiny_model(tmp_path / "hub" / "lab" / "tiny-llama")
+    with FakeHub(tmp_path / "hub") as fake:
+        yield fake
+
+
+def hub_env(hub, **extra):
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env.update(extra)
+    return env
+
+
+def test_pull_into_a_shared_cache_once(hub, tmp_path):
+    cache = tmp_path / "shared-cache"
+    r = kit("models", "pull", "lab/tiny-llama", "--to", str(cache), env=hub_env(hub))
+    assert r.code == 0, r.err
+    snapshot = next((cache / "models--lab--tiny-llama" / "snapshots").iterdir())
+    assert {p.name for p in snapshot.iterdir()} >= {"config.json", "model.safetensors"}
+    first = len(hub.downloads)
+    assert first >= 2
+    again = kit("models", "pull", "lab/tiny-llama", "--to", str(cache), env=hub_env(hub))
+    assert again.code == 0 and len(hub.downloads) == first, "a second pull downloads nothing"
+    # Jobs and planning then find it in the cache, offline.
+    d = kit("models", "show", "lab/tiny-llama", "--json", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}).json()
+    assert d["source"] == "cache" and d["params_from"] == "safetensors headers"
+
+
+def test_site_model_cache_is_searched(hub, tmp_path):
+    cache = tmp_path / "site-cache"
+    kit("models", "pull", "lab/tiny-llama", "--to", str(cache), env=hub_env(hub))
+    site = tmp_path / "mysite.yaml"
+    site.write_text((Path(__file__).parents[1] / "site-configs" / "klc.yaml").read_text()
+                    .replace("/kellogg/data/llm_models_opensource", str(cache)))
+    d = kit("models", "show", "lab/tiny-llama", "--site", str(site), "--json", env=OFFLINE).json()
+    assert d["source"] == "cache" and str(cache) in d["location"]
+
+
+def test_show_from_the_hub_reads_config_only(hub):
+    d = kit("models", "show", "lab/tiny-llama", "--json", env=hub_env(hub)).json()
+    assert d["source"] == "hub" and d["num_layers"] == 2
+    assert not any(name.endswith(".safetensors") for name in hub.downloads), "never download weights"
+
+
+def test_pull_errors(hub, tmp_path):
+    r = kit("models", "pull", "lab/missing", "--to", str(tmp_path / "c"), env=hub_env(hub))
+    assert r.code != 0 and "no such model on the Hub" in r.error_line
+    hub.gated.add("lab/tiny-llama")
+    r = kit("models", "pull", "lab/tiny-llama", "--to", str(tmp_path / "c"), env=hub_env(hub))
+    assert r.code != 0 and "gated" in r.error_line
+    r = kit("models", "pull", "lab/tiny-llama", "--to", str(tmp_path / "c"),
+            env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": ""})
+    assert r.code != 0 and "cannot reach the Hugging Face Hub" in r.error_line
+    r = kit("models", "pull", "lab/tiny-llama", "--to", str(tmp_path / "c"), env=OFFLINE)
+    assert "HF_HUB_OFFLINE" in r.error_line
+
+
+def test_pull_never_prints_the_token(hub, tmp_path):
+    secret = "hf_kitTestSecretToken0123456789"
+    r = kit("models", "pull", "lab/tiny-llama", "--to", str(tmp_path / "c"), env=hub_env(hub, HF_TOKEN=secret))
+    assert r.code == 0 and secret not in r.out + r.err
+
+
+def test_list_with_site_shows_the_smallest_allocation():
+    r = kit("models", "list", "--site", "quest", "--json", env=OFFLINE)
+    rows = {row["model"]: row for row in r.json()}
+    assert len(rows) == len(catalog.all_ids())
+    assert rows["meta-llama/Llama-3.1-8B-Instruct"]["serve"] == "1x a100-40"
+    assert "bitsandbytes-nf4" in rows["meta-llama/Llama-3.1-405B-Instruct"]["serve"]
+    human = kit("models", "list", "--site", "quest", env=OFFLINE)
+    assert "Llama-3.1-70B-Instruct" in human.out and "a100-80" in human.out
