@@ -273,6 +273,13 @@ def main(argv=None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
+    except Exception as e:  # a bug in kit: still one line, with a way to see the traceback
+        import os
+
+        if os.environ.get("KIT_DEBUG"):
+            raise
+        click.echo(f"kit: error: internal error: {type(e).__name__}: {e} (set KIT_DEBUG=1 for the traceback)", err=True)
+        sys.exit(70)
     sys.exit(0)
 
 

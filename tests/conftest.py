@@ -51,3 +51,26 @@ def slurm_cluster():
     from kit.slurm import query_cluster
 
     return query_cluster()
+
+
+# --- isolation from the developer's own configs and caches ------------------------------------
+# Every test (and every `kit` subprocess it starts, which inherits os.environ) sees empty user
+# and site-wide config dirs, its own HF cache, and no Hub: a test that needs the Hub stand-in
+# sets HF_ENDPOINT and clears HF_HUB_OFFLINE itself.
+
+@pytest.fixture(autouse=True)
+def isolated_kit_env(tmp_path_factory, monkeypatch):
+    base = tmp_path_factory.mktemp("kit-env")
+    for name in ("xdg", "etc-kit", "hf", "state"):
+        (base / name).mkdir()
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "xdg"))
+    monkeypatch.setenv("KIT_SYSTEM_CONFIG_DIR", str(base / "etc-kit"))
+    monkeypatch.setenv("HF_HOME", str(base / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(base / "hf" / "hub"))
+    monkeypatch.setenv("KIT_STATE_DIR", str(base / "state"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    for name in ("KIT_SITE", "KIT_ACCOUNT", "HF_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    return base

@@ -131,7 +131,7 @@ def hub(tmp_path):
 
 
 def hub_env(hub, **extra):
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     env.update(extra)
     return env
 
@@ -147,7 +147,7 @@ def test_pull_into_a_shared_cache_once(hub, tmp_path):
     again = kit("models", "pull", "lab/tiny-llama", "--to", str(cache), env=hub_env(hub))
     assert again.code == 0 and len(hub.downloads) == first, "a second pull downloads nothing"
     # Jobs and planning then find it in the cache, offline.
-    d = kit("models", "show", "lab/tiny-llama", "--json", env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}).json()
+    d = kit("models", "show", "lab/tiny-llama", "--json", env={"HF_HUB_CACHE": str(cache)}).json()
     assert d["source"] == "cache" and d["params_from"] == "safetensors headers"
 
 
@@ -174,7 +174,7 @@ def test_pull_errors(hub, tmp_path):
     r = kit("models", "pull", "lab/tiny-llama", "--to", str(tmp_path / "c"), env=hub_env(hub))
     assert r.code != 0 and "gated" in r.error_line
     r = kit("models", "pull", "lab/tiny-llama", "--to", str(tmp_path / "c"),
-            env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": ""})
+            env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""})
     assert r.code != 0 and "cannot reach the Hugging Face Hub" in r.error_line
     r = kit("models", "pull", "lab/tiny-llama", "--to", str(tmp_path / "c"), env=OFFLINE)
     assert "HF_HUB_OFFLINE" in r.error_line

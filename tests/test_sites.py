@@ -20,7 +20,7 @@ def layers(tmp_path, monkeypatch):
     system, user = tmp_path / "etc-kit", tmp_path / "xdg"
     (system / "sites").mkdir(parents=True)
     (user / "kit" / "sites").mkdir(parents=True)
-    env = {"KIT_SYSTEM_CONFIG_DIR": str(system), "XDG_CONFIG_HOME": str(user), "KIT_ACCOUNT": ""}
+    env = {"KIT_SYSTEM_CONFIG_DIR": str(system), "XDG_CONFIG_HOME": str(user), "KIT_ACCOUNT": "", "KIT_STATE_DIR": ""}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return system / "sites", user / "kit" / "sites", env

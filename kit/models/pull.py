@@ -27,7 +27,9 @@ def pull(repo_id: str, to: str, *, revision: str | None = None, allow_patterns: 
         raise KitError(f"--to {to}: not writable")
     if not hub_reachable():
         endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-        reason = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") else f"{endpoint} does not answer"
+        from huggingface_hub import constants
+
+        reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{endpoint} does not answer"
         raise KitError(f"cannot reach the Hugging Face Hub ({reason}): run `kit models pull` on a login node "
                        f"with internet access")
     from huggingface_hub import snapshot_download

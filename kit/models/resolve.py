@@ -138,7 +138,9 @@ def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
 
 def hub_reachable(timeout: float = 1.5) -> bool:
     """The Hub library retries for ~25 s when offline; a quick TCP check decides first."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE
         return False
     import socket
     from urllib.parse import urlparse
@@ -205,7 +207,13 @@ def from_directory(directory: Path, name: str, source: str) -> ModelInfo:
 
 def from_hub(repo_id: str) -> ModelInfo:
     from huggingface_hub import get_safetensors_metadata, hf_hub_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        NotASafetensorsRepoError,
+        RepositoryNotFoundError,
+        SafetensorsParsingError,
+    )
 
     try:
         config_path = Path(hf_hub_download(repo_id, "config.json"))
@@ -213,8 +221,8 @@ def from_hub(repo_id: str) -> ModelInfo:
         try:
             meta = get_safetensors_metadata(repo_id)
             counted = sum(meta.parameter_count.values())
-        except (HfHubHTTPError, OSError, ValueError):
-            counted = None
+        except (HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError, OSError, ValueError):
+            counted = None  # the config alone gives the count for supported architectures
     except GatedRepoError:
         raise KitError(f"{repo_id}: gated on the Hub; accept its licence and log in (hf auth login)") from None
     except RepositoryNotFoundError:
