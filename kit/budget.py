@@ -113,11 +113,13 @@ def finetune_breakdown(layout: Layout, *, n: int, method: str, seq_len: int, bat
     c = constants()["finetune"]
     quant = constants()["quantizations"]["bitsandbytes-nf4"]
     params = layout.params
-    opt_bytes = c["optimizers"][optimizer]
+    opt = c["optimizers"][optimizer]
     if method == "full":
         weights = params * c["full_bytes"]["weights"]
         grads = params * c["full_bytes"]["gradients"]
+        opt_bytes = opt.get("bytes", opt.get("states", 0) * c["full_bytes"]["weights"])
     else:
+        opt_bytes = opt.get("bytes", opt.get("states", 0) * c["adapter_bytes"]["weights"])
         if method == "qlora":
             linear = layout.linear_params
             base = linear * (quant["bytes"] + quant["overhead"]) + (params - linear) * 2

@@ -207,7 +207,6 @@ def placement_options(f):
 def plan_serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_tokens, concurrency, site,
                    partition, gpu, gpus, as_json):
     """Plan serving MODEL with TGI or vLLM."""
-    from kit import output
     from kit.models.resolve import resolve
     from kit.plan import plan_serve
     from kit.sites import load_site
@@ -217,7 +216,7 @@ def plan_serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_t
     result = plan_serve(info, site_obj, engine=engine, dtype=dtype, quantize=quantize,
                         max_input_tokens=max_input_tokens, max_total_tokens=max_total_tokens,
                         concurrency=concurrency, partition=partition, gpu=gpu, gpus=gpus)
-    show_plan(result, as_json, output)
+    show_plan(result, as_json)
 
 
 @plan.command("finetune")
@@ -233,7 +232,6 @@ def plan_serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_t
 def plan_finetune_cmd(model, method, seq_len, batch_size, grad_ckpt, lora_r, lora_targets, optimizer, site,
                       partition, gpu, gpus, as_json):
     """Plan fine-tuning MODEL (full, LoRA or QLoRA)."""
-    from kit import output
     from kit.models.resolve import resolve
     from kit.plan import plan_finetune
     from kit.sites import load_site
@@ -243,13 +241,15 @@ def plan_finetune_cmd(model, method, seq_len, batch_size, grad_ckpt, lora_r, lor
     result = plan_finetune(info, site_obj, method=method, seq_len=seq_len, batch_size=batch_size,
                            grad_ckpt=grad_ckpt, lora_r=lora_r, lora_targets=lora_targets, optimizer=optimizer,
                            partition=partition, gpu=gpu, gpus=gpus)
-    show_plan(result, as_json, output)
+    show_plan(result, as_json)
 
 
-def show_plan(result: dict, as_json: bool, output) -> None:
+def show_plan(result: dict, as_json: bool) -> None:
     if as_json:
         emit_json(result)
     else:
+        from kit import output
+
         output.plan_report(result)
     if not result["fits"]:
         sys.exit(1)

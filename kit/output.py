@@ -8,7 +8,7 @@ from rich.table import Table
 import sys
 
 # Piped output (logs, CI, `| less`) gets 120 columns instead of rich's 80.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
 
 
 def billions(n: int | None) -> str:
@@ -145,9 +145,10 @@ def plan_report(r: dict) -> None:
     table = Table(title=f"per GPU: {r['gpu_model']} ({r['gpu_memory_gib']} GiB)")
     table.add_column("term")
     table.add_column("GiB", justify="right")
-    for key, label in TERM_LABELS.items():
-        if f"{key}_gib" in per:
-            table.add_row(label, f"{per[key + '_gib']:.2f}")
+    for name, value in per.items():  # the breakdown's own order
+        term = name.removesuffix("_gib")
+        if term in TERM_LABELS:
+            table.add_row(TERM_LABELS[term], f"{value:.2f}")
     table.add_row("[bold]total[/bold]", f"[bold]{per['total_gib']:.2f}[/bold]")
     budget = "engine budget" if r["task"] == "serve" else "usable"
     table.add_row(budget, f"{per['usable_gib']:.2f}")

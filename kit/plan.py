@@ -90,7 +90,7 @@ def walk(site, partition: str | None, gpu: str | None, sizes: list[int],
     for option in options:
         per_node = option.tier.gpus_per_node
         if option.gpus > per_node * node_limit:
-            result.reject(option.label, f"{option.tier_name} nodes have {per_node} GPUs and jobs may use "
+            result.reject(option.label, f"{option.tier_name} nodes have {per_node} GPU{'s' if per_node > 1 else ''} and jobs may use "
                                         f"{node_limit} node{'s' if node_limit > 1 else ''} (limits.max_nodes_per_job)")
             continue
         cap = site.limits.gpus_per_user

@@ -128,8 +128,8 @@ def resolve(name: str, site=None, account: str | None = None, *, use_hub: bool |
 
 def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
     """The snapshot directory of a repo in an HF cache (``models--org--name/snapshots/REV``)."""
-    if not cache_dir.is_dir():
-        return None
+    if not (cache_dir / ("models--" + repo_id.replace("/", "--"))).is_dir():
+        return None  # not cached: skip importing huggingface_hub (~0.3 s on a login node)
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(cache_dir))
@@ -253,7 +253,7 @@ def from_catalog(name: str, entry: dict) -> ModelInfo:
     layout = layout_from_config(cfg, f"catalog entry {name}")
     canonical = next(i for i in entry["ids"] if i.lower() == name.lower())
     return make_info(canonical, "catalog", "kit catalog", cfg, layout, layout.params, layout.active_params,
-                     "config.json (catalog)", [])
+                     "catalog config.json", [])
 
 
 def make_info(name, source, location, cfg, layout, params, active, params_from, warnings) -> ModelInfo:
