@@ -202,7 +202,8 @@ def expand_hostlist(text: str) -> list[str]:
 
     Follows `scontrol show hostnames`: order is kept, duplicates are kept, zero padding follows
     the lower bound, and several bracket groups give their product (`a[1-2]b[3-4]`).
-    `""` and `(null)` give []. Raises KitError on malformed input.
+    `""` and `(null)` give []. Raises KitError on malformed input. One liberty: text after the
+    last bracket group (`n[1-2]-ib`) is kept as a suffix, where Slurm 22.05 rejects it.
     """
     text = (text or "").strip()
     if text in ("", "(null)"):
@@ -368,7 +369,7 @@ def parse_nodes(text: str) -> dict[str, Node]:
         parts = _none_if_null(kv.get("Partitions"))
         nodes[name] = Node(
             name=name,
-            cpus=_int(kv.get("CPUTot")),
+            cpus=_int(kv.get("CPUTot") or kv.get("CPUs")),
             real_memory_mb=_int(kv.get("RealMemory")),
             features=_features(kv.get("AvailableFeatures", kv.get("Features"))),
             active_features=_features(kv.get("ActiveFeatures")),

@@ -174,9 +174,11 @@ def local_overrides(user_dir: Path, cluster) -> None:
         if "gengpu" in node.partitions:
             kind = ("a100-40" if "pcie" in node.features else "a100-80") if "a100" in node.gres else "h100"
             counts[kind] = counts.get(kind, 0) + 1
-    tiers = {k: {"nodes": v} for k, v in counts.items()}
-    (user_dir / "quest.yaml").write_text(yaml.safe_dump({"partitions": {"gengpu": {"gpu_tiers": tiers},
-                                                                        "gengpu-long": {"gpu_tiers": tiers}}}))
+    def tiers():  # a fresh dict per partition: no YAML aliases between them
+        return {k: {"nodes": v} for k, v in counts.items()}
+
+    (user_dir / "quest.yaml").write_text(yaml.safe_dump({"partitions": {"gengpu": {"gpu_tiers": tiers()},
+                                                                        "gengpu-long": {"gpu_tiers": tiers()}}}))
     klc = {}
     for name, node in cluster.nodes.items():
         if "kellogg" in node.partitions:

@@ -245,6 +245,7 @@ def test_partitions_and_max_times(slurm_cluster):
         "short": 240,
         "normal": 2880,
         "long": 10080,
+        "genhimem": 2880,
         "gengpu": 2880,
         "gengpu-long": 10080,
         "kellogg": 2880,
@@ -256,6 +257,7 @@ def test_partitions_and_max_times(slurm_cluster):
     assert parts["gengpu-long"].nodes == parts["gengpu"].nodes
     assert parts["kellogg"].nodes == ["kcpu01", "kgpu01", "kgpu02", "kgpu03"]
     assert parts["short"].nodes == parts["normal"].nodes == parts["long"].nodes == ["qnode0001"]
+    assert parts["genhimem"].nodes == ["qhimem0001"]
 
 
 @pytest.mark.slurm
@@ -266,6 +268,7 @@ def test_nodes_gres_features_and_sizes(slurm_cluster):
         "qgpu2002": ({"a100": 4}, {"sxm"}, 64, 1000000),
         "qgpu3001": ({"h100": 4}, {"sxm"}, 64, 1000000),
         "qnode0001": ({}, set(), 52, 192000),
+        "qhimem0001": ({}, set(), 64, 1500000),
         "kgpu01": ({"l40s": 2}, set(), 64, 512000),
         "kgpu02": ({"a100": 1}, set(), 64, 2000000),
         "kgpu03": ({"h100": 4}, set(), 64, 1000000),
@@ -311,29 +314,38 @@ def test_gpu_job_runs_with_cuda_visible_devices(slurm_cluster, tmp_path):
     assert env["SLURM_JOB_PARTITION"] == "gengpu"
 
 
+# Which tier a request lands on. All jobs are submitted at once (module fixture) and run side by
+# side, so the whole table costs about one scheduling cycle.
+TIER_JOBS = {
+    "quest-pcie-a100": (("-p", "gengpu", "--gres=gpu:a100:1", "--constraint=pcie"), "qgpu2001", 1),
+    "quest-sxm-a100": (("-p", "gengpu", "--gres=gpu:a100:4", "--constraint=sxm"), "qgpu2002", 4),
+    "quest-long-h100": (("-p", "gengpu-long", "--gres=gpu:h100:1", "-t", "5-00:00:00"), "qgpu3001", 1),
+    "klc-l40s": (("-p", "kellogg", "--gres=gpu:l40s:2"), "kgpu01", 2),
+    "klc-a100": (("-p", "kellogg", "--gres=gpu:a100:1"), "kgpu02", 1),
+    "klc-h100": (("-p", "kellogg", "--gres=gpu:h100:4", "--mem=900G"), "kgpu03", 4),
+    "quest-default-cpu": ((), "qnode0001", 0),  # default partition short, no GPUs
+    "quest-himem": (("-p", "genhimem", "--mem=1000G"), "qhimem0001", 0),
+}
+
+
+@pytest.fixture(scope="module")
+def tier_jobs(slurm_cluster, tmp_path_factory):
+    jobs = {}
+    for key, (opts, _node, _ngpus) in TIER_JOBS.items():
+        jobs[key] = _sbatch(tmp_path_factory.mktemp(key), *opts)
+    return jobs
+
+
 @pytest.mark.slurm
-@pytest.mark.parametrize(
-    ("opts", "node", "ngpus"),
-    [
-        (("-p", "gengpu", "--gres=gpu:a100:1", "--constraint=pcie"), "qgpu2001", 1),
-        (("-p", "gengpu", "--gres=gpu:a100:4", "--constraint=sxm"), "qgpu2002", 4),
-        (("-p", "gengpu-long", "--gres=gpu:4", "--constraint=pcie", "-t", "5-00:00:00"), None, None),
-        (("-p", "kellogg", "--gres=gpu:l40s:2"), "kgpu01", 2),
-        (("-p", "kellogg", "--gres=gpu:a100:1"), "kgpu02", 1),
-        (("-p", "kellogg", "--gres=gpu:h100:4", "--mem=900G"), "kgpu03", 4),
-        ((), "qnode0001", 0),  # default partition: short, no GPUs
-    ],
-)
-def test_jobs_land_on_the_right_tier(slurm_cluster, tmp_path, opts, node, ngpus):
-    if node is None:  # pcie nodes have only 2 GPUs: rejected at submit, not left pending
-        with pytest.raises(KitError, match="Requested node configuration is not available"):
-            _sbatch(tmp_path, *opts)
-        return
-    job_id, out = _sbatch(tmp_path, *opts)
+@pytest.mark.parametrize("key", list(TIER_JOBS))
+def test_jobs_land_on_the_right_tier(tier_jobs, key):
+    _opts, node, ngpus = TIER_JOBS[key]
+    job_id, out = tier_jobs[key]
     kv = _wait_job(job_id)
     assert kv["JobState"] == "COMPLETED", kv
     assert kv["NodeList"] == node
     env = _job_env(out)
+    assert env["SLURMD_NODENAME"] == node
     if ngpus:
         assert len(env["CUDA_VISIBLE_DEVICES"].split(",")) == ngpus, env
     else:
@@ -349,7 +361,9 @@ def test_jobs_land_on_the_right_tier(slurm_cluster, tmp_path, opts, node, ngpus)
         (("-p", "kellogg", "--gres=gpu:a100:2"), "Requested node configuration is not available"),
         (("-p", "gengpu", "--gres=gpu:h100:2", "--constraint=pcie"), "Requested node configuration is not available"),
         (("-p", "gengpu", "--gres=gpu:l40s:1"), "Requested node configuration is not available"),
-        (("-p", "nosuch",), "Invalid partition name specified"),
+        (("-p", "gengpu-long", "--gres=gpu:4", "--constraint=pcie"), "Requested node configuration is not available"),
+        (("-p", "gengpu", "--gres=gpu:a100:1", "--cpus-per-task=65"), "Requested node configuration is not available"),
+        (("-p", "nosuch"), "Invalid partition name specified"),
     ],
 )
 def test_over_limit_rejected_at_submit(slurm_cluster, tmp_path, opts, error):

@@ -27,9 +27,10 @@ die() { echo "slurm-up: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (it installs packages and starts munged, slurmctld and slurmd)"
 [ -r "$CLUSTER_CONF" ] || die "missing $CLUSTER_CONF"
 [ -r "$GRES_CONF" ] || die "missing $GRES_CONF"
-# one slurm-up at a time (e.g. pytest-xdist workers each run the session fixture)
+# one slurm-up at a time (e.g. pytest-xdist workers each run the session fixture); the daemons
+# are started with `9>&-` so that none of them inherits (and holds) the lock
 exec 9>/run/slurm-up-mini.lock
-flock -w 600 9 || die "another slurm-up.sh holds /run/slurm-up-mini.lock"
+flock -w 300 9 || die "another slurm-up.sh holds /run/slurm-up-mini.lock"
 
 # alive PIDFILE [COMM]: the pid in the file runs, is not a zombie, and (if given) is named COMM.
 alive() {
@@ -73,7 +74,7 @@ fi
 install -d -o munge -g munge -m 0755 /run/munge
 install -d -o munge -g munge -m 0700 /var/log/munge /var/lib/munge
 if ! timeout 5 munge -n 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1; then
-  runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1 || die "munged did not start (see /var/log/munge/munged.log)"
+  runuser -u munge -- /usr/sbin/munged </dev/null >/dev/null 2>&1 9>&- || die "munged did not start (see /var/log/munge/munged.log)"
   for _ in $(seq 1 50); do timeout 5 munge -n 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 fi
 timeout 5 munge -n 2>/dev/null | timeout 5 unmunge >/dev/null 2>&1 || die "munge does not work (see /var/log/munge/munged.log)"
@@ -156,13 +157,13 @@ if [ "$changed" = 1 ]; then   # a changed config restarts everything (also slurm
 fi
 started=0
 if ! alive "$CTLD_PID" slurmctld; then
-  /usr/sbin/slurmctld </dev/null >>"$LOG/slurmctld.stderr" 2>&1 || { show_log "$LOG/slurmctld.stderr" "$LOG/slurmctld.log"; die "slurmctld did not start"; }
+  /usr/sbin/slurmctld </dev/null >>"$LOG/slurmctld.stderr" 2>&1 9>&- || { show_log "$LOG/slurmctld.stderr" "$LOG/slurmctld.log"; die "slurmctld did not start"; }
   started=1
 fi
 for n in "${NODES[@]}"; do
   install -d -m 0755 "$STATE/d/$n"
   if ! alive "$SLURMD_PID_PREFIX$n.pid" slurmd; then
-    /usr/sbin/slurmd -N "$n" </dev/null >>"$LOG/slurmd-$n.stderr" 2>&1 || { show_log "$LOG/slurmd-$n.stderr" "$LOG/slurmd-$n.log"; die "slurmd -N $n did not start"; }
+    /usr/sbin/slurmd -N "$n" </dev/null >>"$LOG/slurmd-$n.stderr" 2>&1 9>&- || { show_log "$LOG/slurmd-$n.stderr" "$LOG/slurmd-$n.log"; die "slurmd -N $n did not start"; }
     started=1
   fi
 done
