@@ -9,18 +9,10 @@ a cluster change (``kit sites check NAME``).
 from __future__ import annotations
 
 from kit.site_schema import walltime_minutes
-
-
-def fmt_minutes(minutes: int | None) -> str:
-    if minutes is None:
-        return "unlimited"
-    days, rest = divmod(minutes, 1440)
-    text = f"{rest // 60:02d}:{rest % 60:02d}:00"
-    return f"{days}-{text}" if days else text
+from kit.slurm import format_minutes, query_cluster
 
 
 def check_site(site, cluster=None) -> list[dict]:
-    from kit.slurm import query_cluster
 
     cluster = cluster if cluster is not None else query_cluster()
     findings: list[dict] = []
@@ -36,7 +28,7 @@ def check_site(site, cluster=None) -> list[dict]:
             continue
         want = walltime_minutes(part.max_walltime) if part.max_walltime else None
         if want != live.max_time_minutes:
-            drift(f"{key}.max_walltime", f"site says {fmt_minutes(want)}, cluster MaxTime is {fmt_minutes(live.max_time_minutes)}")
+            drift(f"{key}.max_walltime", f"site says {format_minutes(want)}, cluster MaxTime is {format_minutes(live.max_time_minutes)}")
         nodes = [cluster.nodes[n] for n in live.nodes if n in cluster.nodes]
         for tname, tier in part.gpu_tiers.items():
             check_tier(f"{key}.gpu_tiers.{tname}", tier, nodes, pname, drift)

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.models.resolve import HUB_ID, hub_reachable
+from kit.models.hub import hub_errors, hub_reachable
+from kit.models.resolve import HUB_ID
 
 
 def pull(repo_id: str, to: str, *, revision: str | None = None, allow_patterns: list[str] | None = None) -> Path:
@@ -33,15 +34,6 @@ def pull(repo_id: str, to: str, *, revision: str | None = None, allow_patterns: 
         raise KitError(f"cannot reach the Hugging Face Hub ({reason}): run `kit models pull` on a login node "
                        f"with internet access")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
-    try:
+    with hub_errors(repo_id, revision, "download failed"):
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache), allow_patterns=allow_patterns))
-    except GatedRepoError:
-        raise KitError(f"{repo_id}: gated on the Hub; accept its licence on the model page and log in (hf auth login)") from None
-    except RepositoryNotFoundError:
-        raise KitError(f"{repo_id}: no such model on the Hub (or it is private and you are not logged in)") from None
-    except RevisionNotFoundError:
-        raise KitError(f"--revision {revision}: not a revision of {repo_id}") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise KitError(f"{repo_id}: download failed: {str(e).splitlines()[0]}") from None

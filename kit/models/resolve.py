@@ -16,6 +16,7 @@ from pathlib import Path
 from kit.errors import KitError
 from kit.models import catalog
 from kit.models.arch import Layout, UnsupportedArchitecture, layout_from_config
+from kit.models.hub import hub_errors, hub_reachable
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SERVE_DTYPES = ("bfloat16", "float16")
@@ -136,23 +137,6 @@ def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
-def hub_reachable(timeout: float = 1.5) -> bool:
-    """The Hub library retries for ~25 s when offline; a quick TCP check decides first."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:  # HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE
-        return False
-    import socket
-    from urllib.parse import urlparse
-
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    try:
-        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
-            return True
-    except OSError:
-        return False
-
-
 def load_config(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -207,28 +191,15 @@ def from_directory(directory: Path, name: str, source: str) -> ModelInfo:
 
 def from_hub(repo_id: str) -> ModelInfo:
     from huggingface_hub import get_safetensors_metadata, hf_hub_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        NotASafetensorsRepoError,
-        RepositoryNotFoundError,
-        SafetensorsParsingError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError
 
-    try:
-        config_path = Path(hf_hub_download(repo_id, "config.json"))
-        cfg = load_config(config_path)
+    with hub_errors(repo_id):
+        cfg = load_config(Path(hf_hub_download(repo_id, "config.json")))
         try:
             meta = get_safetensors_metadata(repo_id)
             counted = sum(meta.parameter_count.values())
         except (HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError, OSError, ValueError):
             counted = None  # the config alone gives the count for supported architectures
-    except GatedRepoError:
-        raise KitError(f"{repo_id}: gated on the Hub; accept its licence and log in (hf auth login)") from None
-    except RepositoryNotFoundError:
-        raise KitError(f"{repo_id}: no such model on the Hub") from None
-    except (HfHubHTTPError, OSError) as e:
-        raise KitError(f"{repo_id}: Hub request failed: {str(e).splitlines()[0]}") from None
     warnings: list[str] = []
     try:
         layout = layout_from_config(cfg, f"{repo_id} config.json")
