@@ -195,14 +195,22 @@ def placement_options(f):
     return f
 
 
+def serve_options(f):
+    for opt in reversed([
+        click.option("--engine", type=click.Choice(["tgi", "vllm"]), default="tgi", show_default=True),
+        click.option("--dtype", default="auto", show_default=True, help="auto, bfloat16 or float16"),
+        click.option("--quantize", type=click.Choice(QUANTIZE), help="default: none, or the checkpoint's own"),
+        click.option("--max-input-tokens", type=int, help="longest prompt (default: max-total minus up to 1024)"),
+        click.option("--max-total-tokens", type=int, help="prompt + generated tokens per request (default: min(context, 8192))"),
+        click.option("--concurrency", type=int, help="requests served at full length at once (default 8)"),
+    ]):
+        f = opt(f)
+    return f
+
+
 @plan.command("serve")
 @click.argument("model")
-@click.option("--engine", type=click.Choice(["tgi", "vllm"]), default="tgi", show_default=True)
-@click.option("--dtype", default="auto", show_default=True, help="auto, bfloat16 or float16")
-@click.option("--quantize", type=click.Choice(QUANTIZE), help="default: none, or the checkpoint's own")
-@click.option("--max-input-tokens", type=int, help="longest prompt (default: max-total minus up to 1024)")
-@click.option("--max-total-tokens", type=int, help="prompt + generated tokens per request (default: min(context, 8192))")
-@click.option("--concurrency", type=int, help="requests served at full length at once (default 8)")
+@serve_options
 @placement_options
 def plan_serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_tokens, concurrency, site,
                    partition, gpu, gpus, as_json):
@@ -252,6 +260,288 @@ def show_plan(result: dict, as_json: bool) -> None:
 
         output.plan_report(result)
     if not result["fits"]:
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- serving jobs
+@cli.command("serve")
+@click.argument("model")
+@serve_options
+@placement_options
+@click.option("--account", help="Slurm account (default: the site's, or $KIT_ACCOUNT)")
+@click.option("--time", "time_limit", metavar="TIME", help="walltime, e.g. 8:00:00 (default: the site's)")
+@click.option("--adapter", "adapters", multiple=True, metavar="PATH_OR_ID", help="LoRA adapter to serve too (repeatable)")
+@click.option("--name", help="kit job name (default: ENGINE-MODEL-xxxx)")
+@click.option("--ready-timeout", type=int, default=1800, show_default=True, help="seconds the job waits for /health")
+@click.option("--dry-run", is_flag=True, help="print the job script; submit nothing")
+def serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_tokens, concurrency, site, partition, gpu,
+              gpus, as_json, account, time_limit, adapters, name, ready_timeout, dry_run):
+    """Plan, render and submit a TGI or vLLM server for MODEL, with a per-job API key."""
+    from kit import serve
+    from kit.models.resolve import resolve
+    from kit.plan import plan_serve
+    from kit.sites import load_site
+
+    site_obj = load_site(site, account=account).site
+    info = resolve(model, site_obj, account)
+    options = dict(engine=engine, dtype=dtype, quantize=quantize, max_input_tokens=max_input_tokens,
+                   max_total_tokens=max_total_tokens, concurrency=concurrency, partition=partition, gpu=gpu, gpus=gpus)
+    plan_result = plan_serve(info, site_obj, **options)
+    request = dict(options, model=model, site=site_obj.name, account=account, time=time_limit, adapters=list(adapters),
+                   name=name, ready_timeout=ready_timeout)
+    job = serve.build(site_obj, info, plan_result, account=account, time=time_limit, adapters=list(adapters),
+                      name=name, ready_timeout_s=ready_timeout, request=request)
+    for warning in job.warnings:
+        click.echo(f"kit: warning: {warning}", err=True)
+    if dry_run:
+        click.echo(job.script, nl=False)
+        return
+    record = serve.submit(job)
+    if as_json:
+        emit_json(record.data)
+        return
+    jid = record.job_id
+    click.echo(f"submitted job {jid} ({record.name}): {plan_result['gpus']}x {plan_result['gpu_type']} on "
+               f"{site_obj.name}/{plan_result['partition']}, {engine} serving {info.name}")
+    click.echo(f"  record: {record.dir}")
+    click.echo(f"  next:   kit wait {jid}    kit connect {jid}    kit chat {jid} \"Hello\"    kit stop {jid}")
+
+
+def find_job(ref: str, site: str | None):
+    import os
+
+    from kit import jobs
+    from kit.sites import load_site
+
+    site_obj = load_site(site).site if (site or os.environ.get("KIT_SITE")) else None
+    return jobs.find(jobs.state_root(site_obj), ref)
+
+
+def job_argument(f):
+    f = click.option("--site", "site", metavar="NAME|FILE", help="site whose state dir holds the record")(f)
+    return click.argument("job", metavar="JOB")(f)
+
+
+@cli.command("jobs")
+@site_option
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def jobs_cmd(site, as_json):
+    """Your kit jobs with their live state."""
+    import os
+
+    from kit import jobs, lifecycle
+    from kit.sites import load_site
+
+    site_obj = load_site(site).site if (site or os.environ.get("KIT_SITE")) else None
+    rows = [lifecycle.status(rec, check_health=False).as_dict() for rec in jobs.records(jobs.state_root(site_obj))
+            if rec.job_id]
+    if as_json:
+        emit_json(rows)
+        return
+    from kit import output
+
+    output.jobs_table(rows)
+
+
+@cli.command("status")
+@job_argument
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status_cmd(job, site, as_json):
+    """Slurm state, endpoint and health of one job."""
+    from kit import lifecycle
+
+    st = lifecycle.status(find_job(job, site))
+    data = st.as_dict()
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        if value is not None:
+            click.echo(f"{key:>15}: {value}")
+
+
+@cli.command("logs")
+@job_argument
+@click.option("-f", "--follow", is_flag=True, help="keep printing until the job ends")
+@click.option("-n", "--lines", type=int, default=0, help="only the last N lines")
+def logs_cmd(job, site, follow, lines):
+    """The job's log (stdout and stderr of the batch script and the engine)."""
+    import time
+
+    from kit import lifecycle, slurm
+
+    record = find_job(job, site)
+    path = record.log_path
+    if not path.exists() and not follow:
+        raise KitError(f"job {record.job_id} has no log yet ({path}): it may still be queued")
+    if lines:
+        for line in lifecycle.log_tail(record, lines):
+            click.echo(line)
+        offset = path.stat().st_size if path.exists() else 0
+    else:
+        offset = 0
+    while True:
+        if path.exists():
+            with path.open("rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+                offset += len(chunk)
+            if chunk:
+                click.echo(chunk.decode(errors="replace"), nl=False)
+        if not follow:
+            return
+        if slurm.job_state(record.job_id, record.data.get("accounting", False)).finished:
+            return
+        time.sleep(1)
+
+
+@cli.command("wait")
+@job_argument
+@click.option("--timeout", type=float, default=1800, show_default=True, help="seconds")
+def wait_cmd(job, site, timeout):
+    """Wait until the job's engine answers /health; fail fast if the job dies."""
+    from kit import lifecycle
+
+    record = find_job(job, site)
+
+    def progress(st):
+        if st.ready:
+            text = f"ready: {st.url}"
+        elif st.url:
+            text = f"{lifecycle.describe(st)}: engine starting at {st.url}"
+        else:
+            text = lifecycle.describe(st)
+        click.echo(f"kit: job {record.job_id}: {text}", err=True)
+
+    try:
+        st = lifecycle.wait(record, timeout, on_change=progress)
+    except lifecycle.JobDied as died:
+        for line in lifecycle.log_tail(record):
+            click.echo(f"  | {line}", err=True)
+        raise died
+    click.echo(st.url)
+
+
+@cli.command("connect")
+@job_argument
+@click.option("--open", "open_tunnel", is_flag=True, help="start the tunnel (runs ssh in the foreground)")
+def connect_cmd(job, site, open_tunnel):
+    """The SSH tunnel command from your laptop to the job's port (the site's template)."""
+    import os
+    import shlex
+
+    from kit import lifecycle
+
+    record = find_job(job, site)
+    command = lifecycle.tunnel_command(record)
+    port = record.endpoint()["port"]
+    if open_tunnel:
+        click.echo(f"kit: {command}", err=True)
+        args = shlex.split(command)
+        os.execvp(args[0], args)
+    click.echo(command)
+    click.echo(f"# then: http://localhost:{port}  (API key: {record.key_file})", err=True)
+
+
+@cli.command("stop")
+@job_argument
+def stop_cmd(job, site):
+    """Cancel the job and wait until Slurm has ended it."""
+    from kit import lifecycle
+
+    record = find_job(job, site)
+    state = lifecycle.stop(record)
+    click.echo(f"job {record.job_id} ({record.name}): {state.state}")
+
+
+def chat_target(target: str, site: str | None, api_key_file: str | None):
+    """JOB or URL -> (url, key, default model name)."""
+    from pathlib import Path
+
+    from kit import lifecycle
+    from kit.plan import engines
+
+    if target.startswith(("http://", "https://")):
+        key = None
+        if api_key_file:
+            try:
+                key = Path(api_key_file).expanduser().read_text().strip()
+            except OSError as e:
+                raise KitError(f"--api-key-file {api_key_file}: {e.strerror}") from None
+        return target.rstrip("/"), key, "tgi"
+    record = find_job(target, site)
+    url = lifecycle.endpoint_url(record)
+    if url is None:
+        raise KitError(f"job {record.job_id} has no endpoint yet: `kit wait {record.job_id}` first")
+    model = engines()[record.data["engine"]]["serve"]["chat_model"] or record.data["served_model_name"]
+    return url, record.api_key(), model
+
+
+@cli.command("chat")
+@click.argument("target", metavar="JOB|URL")
+@click.argument("prompt", required=False)
+@click.option("--site", "site", metavar="NAME|FILE", help="site whose state dir holds the record")
+@click.option("--api-key-file", help="with a URL: a file holding the API key")
+@click.option("--model", "model", help="OpenAI model name to send (a LoRA adapter's name picks the adapter)")
+@click.option("--system", help="system prompt")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
+@click.option("--temperature", type=float)
+@click.option("--no-stream", is_flag=True, help="print the answer at once")
+def chat_cmd(target, prompt, site, api_key_file, model, system, max_tokens, temperature, no_stream):
+    """One question (PROMPT), or an interactive chat when PROMPT is left out."""
+    from kit import client
+
+    url, key, default_model = chat_target(target, site, api_key_file)
+    model = model or default_model
+    history = [{"role": "system", "content": system}] if system else []
+
+    def ask(text: str) -> None:
+        history.append({"role": "user", "content": text})
+        if no_stream:
+            answer = client.chat(url, key, model, history, max_tokens=max_tokens, temperature=temperature)
+            click.echo(answer)
+        else:
+            answer = client.chat(url, key, model, history, max_tokens=max_tokens, temperature=temperature,
+                                 stream=lambda piece: click.echo(piece, nl=False))
+            click.echo()
+        history.append({"role": "assistant", "content": answer})
+
+    if prompt is not None:
+        ask(sys.stdin.read() if prompt == "-" else prompt)
+        return
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            click.echo("you> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("exit", "quit"):
+            return
+        if line.strip():
+            ask(line.strip())
+
+
+@cli.command("bench")
+@job_argument
+@click.option("--requests", "n_requests", type=int, default=16, show_default=True)
+@click.option("--concurrency", type=int, default=4, show_default=True)
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--prompt", default="Write a short paragraph about GPUs.", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def bench_cmd(job, site, n_requests, concurrency, max_tokens, prompt, as_json):
+    """A short load test: N streamed requests, some at once; time to first token, tokens/s, errors."""
+    from kit import client
+
+    if n_requests < 1 or concurrency < 1:
+        raise KitError("--requests and --concurrency must be at least 1")
+    url, key, model = chat_target(job, site, None)
+    result = client.bench(url, key, model, requests=n_requests, concurrency=concurrency, max_tokens=max_tokens,
+                          prompt=prompt).summary()
+    if as_json:
+        emit_json(result)
+    else:
+        for k, v in result.items():
+            click.echo(f"{k:>15}: {v}")
+    if result["errors"]:
         sys.exit(1)
 
 

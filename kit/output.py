@@ -160,3 +160,14 @@ def plan_report(r: dict) -> None:
     console.print(f"[green]chosen:[/green] {r['gpus']}x {r['gpu_type']} on {r['site']}: "
                   f"--partition={r['partition']} --nodes={r['nodes']} --gres={r['gres']}{constraint}")
     console.print("args: " + " ".join(r["engine_args"]))
+
+
+def jobs_table(rows: list[dict]) -> None:
+    table = Table(title="kit jobs")
+    for col in ("job", "name", "state", "site", "engine", "model", "endpoint"):
+        table.add_column(col)
+    for r in rows:
+        state = r["state"] + (f" ({r['reason']})" if r["reason"] else "")
+        table.add_row(str(r["job_id"]), r["name"], state, r["site"] or "", r["engine"] or "", r["model"] or "",
+                      r["url"] or "-")
+    console.print(table)

@@ -112,6 +112,8 @@ class Defaults(Strict):
     gpu_partition: str
     cpu_partition: str | None = None
     walltime: str = "04:00:00"
+    cpus_per_gpu: Positive = 8  # host CPUs and memory a job asks for per GPU (capped by the node)
+    mem_per_gpu_gb: Positive = 64
 
     def __post_init__(self):
         if not WALLTIME_RE.match(self.walltime):

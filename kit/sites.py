@@ -266,7 +266,12 @@ def check_account(loaded: LoadedSite) -> None:
 
 
 def expand_user_path(text: str, account: str | None = None) -> str:
-    """Fill {account} and expand ~ and $USER-style variables of the machine kit runs on."""
+    """Fill {account} and expand ~ and $USER-style variables of the machine kit runs on
+    ($USER is the login name even where the environment lacks it)."""
+    import getpass
+
     if account is not None:
         text = text.replace("{account}", account)
+    user = os.environ.get("USER") or getpass.getuser()
+    text = text.replace("${USER}", user).replace("$USER", user)
     return os.path.expandvars(os.path.expanduser(text))

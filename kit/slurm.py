@@ -385,3 +385,75 @@ def query_cluster(timeout: float = 30) -> Cluster:
     partitions = parse_partitions(run(["scontrol", "show", "partition", "-o"], timeout=timeout))
     nodes = parse_nodes(run(["scontrol", "show", "node", "-o"], timeout=timeout))
     return Cluster(partitions=partitions, nodes=nodes)
+
+
+# --- jobs ----------------------------------------------------------------------------------
+
+# Slurm states after which a job holds nothing any more.
+FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+            "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
+
+
+@dataclass
+class JobState:
+    job_id: str
+    state: str  # PENDING, RUNNING, COMPLETED, ... or UNKNOWN
+    reason: str | None = None
+    nodes: str | None = None
+    exit_code: str | None = None
+    source: str = "scontrol"
+
+    @property
+    def finished(self) -> bool:
+        return self.state.split()[0] in FINISHED
+
+
+def _try(args: list[str], timeout: float = 30) -> tuple[int, str, str]:
+    path = require(args[0])
+    try:
+        proc = subprocess.run([path, *args[1:]], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise KitError(f"Slurm command '{' '.join(args)}' did not answer within {timeout:g} s: "
+                       "is the Slurm controller (slurmctld) reachable?") from None
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def submit(script: str, *, cwd: str, env: dict[str, str] | None = None, test_only: bool = False) -> str:
+    """sbatch a script file; return the job id (or sbatch's --test-only answer)."""
+    args = ["sbatch", "--test-only", script] if test_only else ["sbatch", "--parsable", script]
+    path = require("sbatch")
+    proc = subprocess.run([path, *args[1:]], capture_output=True, text=True, cwd=cwd, env=env,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    if proc.returncode != 0:
+        raise KitError(f"sbatch refused the job: {_error_line(proc.stderr, proc.stdout)}")
+    if test_only:
+        return (proc.stderr or proc.stdout).strip()
+    return proc.stdout.strip().split(";")[0]
+
+
+def job_exists(job_id: str) -> bool:
+    rc, out, _ = _try(["scontrol", "show", "job", str(job_id), "-o"])
+    return rc == 0 and "JobId=" in out
+
+
+def job_state(job_id: str, accounting: bool = False) -> JobState:
+    """Live state from scontrol (it keeps finished jobs for MinJobAge), then sacct where the site
+    has accounting; UNKNOWN when Slurm has forgotten the job."""
+    rc, out, _ = _try(["scontrol", "show", "job", str(job_id), "-o"])
+    if rc == 0 and "JobId=" in out:
+        kv = parse_kv_line(out.splitlines()[0])
+        reason = _none_if_null(kv.get("Reason"))
+        return JobState(str(job_id), kv.get("JobState", "UNKNOWN"), None if reason == "None" else reason,
+                        _none_if_null(kv.get("NodeList")), kv.get("ExitCode"), "scontrol")
+    if accounting and shutil.which("sacct"):
+        rc, out, _ = _try(["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "State,ExitCode,NodeList"])
+        line = out.strip().splitlines()[0] if rc == 0 and out.strip() else ""
+        if line:
+            state, code, nodes = (line.split("|") + ["", "", ""])[:3]
+            return JobState(str(job_id), state, None, nodes or None, code or None, "sacct")
+    return JobState(str(job_id), "UNKNOWN", "Slurm no longer knows this job", source="none")
+
+
+def cancel(job_id: str) -> None:
+    run(["scancel", str(job_id)])

@@ -1,0 +1,118 @@
+"""Job records: one directory per kit job under the state dir (``STATE/jobs/NAME/``).
+
+A record holds the rendered script, the plan, the request, the image, the endpoint file the
+job writes, its log, and the 0600 API key file. JOB on the command line is a Slurm job id or
+a kit job name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from kit.errors import KitError
+
+DEFAULT_STATE_DIR = "~/.kit"
+
+
+def state_root(site=None) -> Path:
+    """Where records live: the site's state_dir (KIT_STATE_DIR overrides it), else ~/.kit."""
+    from kit.sites import expand_user_path
+
+    if site is not None:
+        return Path(expand_user_path(site.paths.state_dir)) / "jobs"
+    return Path(expand_user_path(os.environ.get("KIT_STATE_DIR") or DEFAULT_STATE_DIR)) / "jobs"
+
+
+def ensure_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise KitError(f"state dir {root}: cannot create it ({e.strerror}); set paths.state_dir or KIT_STATE_DIR") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise KitError(f"state dir {root}: not writable; set paths.state_dir or KIT_STATE_DIR")
+
+
+@dataclass
+class JobRecord:
+    dir: Path
+    data: dict
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def job_id(self) -> str | None:
+        return self.data.get("job_id")
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / f"slurm-{self.job_id}.out"
+
+    @property
+    def key_file(self) -> Path:
+        return self.dir / "api_key"
+
+    def endpoint(self) -> dict | None:
+        try:
+            return json.loads((self.dir / "endpoint.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def failure(self) -> str | None:
+        try:
+            return (self.dir / "failed").read_text().strip() or None
+        except OSError:
+            return None
+
+    def api_key(self) -> str:
+        try:
+            return self.key_file.read_text().strip()
+        except OSError as e:
+            raise KitError(f"{self.key_file}: cannot read the job's API key ({e.strerror})") from None
+
+    def save(self) -> None:
+        write_json(self.dir / "record.json", self.data)
+
+
+def write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def write_secret(path: Path) -> None:
+    """A new random API key in a file only the owner can read (created 0600, never rewritten)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+
+
+def records(root: Path) -> list[JobRecord]:
+    out = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            try:
+                out.append(JobRecord(d, json.loads((d / "record.json").read_text())))
+            except (OSError, json.JSONDecodeError):
+                continue
+    return out
+
+
+def find(root: Path, ref: str) -> JobRecord:
+    """A record by kit job name or Slurm job id, else a KitError saying which it is not."""
+    for rec in records(root):
+        if rec.name == ref or (rec.job_id is not None and str(rec.job_id) == ref):
+            return rec
+    if ref.isdigit():
+        from kit import slurm
+
+        known = slurm.job_exists(ref)
+        if known:
+            raise KitError(f"job {ref} is not a kit job (no record under {root}); kit manages only the jobs it started")
+        raise KitError(f"unknown job {ref}: no kit record under {root} and Slurm does not know it")
+    raise KitError(f"unknown job {ref!r}: no kit job of that name under {root} (see `kit jobs`)")

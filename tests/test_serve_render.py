@@ -1,0 +1,127 @@
+"""Rendered serving scripts: golden files, flags against the pinned engines' real flag sets,
+quoting, and `sbatch --test-only` on the local Slurm that mimics Quest and KLC."""
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+import yaml
+
+from kit.resources import data_file
+from kit.sites import load_site
+from serving import ROOT, build_job, engine_command, engine_flags
+
+GOLDEN = ROOT / "tests" / "golden"
+SITES = {"quest": "p12345", "klc": "kellogg"}
+
+
+def pinned_flags() -> dict:
+    return yaml.safe_load(data_file("engine_flags.yaml").read_text())
+
+
+@pytest.fixture
+def fixed_env(monkeypatch):
+    """Paths in a rendered script depend on the user and state dir: pin both."""
+    monkeypatch.setenv("USER", "labuser")
+    monkeypatch.setenv("HOME", "/home/labuser")
+    monkeypatch.setenv("KIT_STATE_DIR", "/home/labuser/.kit")
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+@pytest.mark.parametrize("site_name", SITES)
+def test_golden_scripts(fixed_env, monkeypatch, engine, site_name):
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    site = load_site(site_name).site
+    job = build_job(site, engine, account=SITES[site_name])
+    golden = GOLDEN / f"serve-{engine}-{site_name}.sbatch"
+    if os.environ.get("KIT_UPDATE_GOLDEN"):
+        golden.write_text(job.script)
+    assert job.script == golden.read_text(), f"rendered script differs from {golden} (KIT_UPDATE_GOLDEN=1 rewrites it)"
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+@pytest.mark.parametrize("site_name", SITES)
+def test_engine_flags_exist_in_the_pinned_version(fixed_env, monkeypatch, engine, site_name):
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    site = load_site(site_name).site
+    FLAGS = pinned_flags()
+    for options in ({}, {"quantize": "bitsandbytes-nf4"}, {"quantize": "fp8", "gpus": 2}):
+        job = build_job(site, engine, model_id="Qwen/Qwen2.5-32B-Instruct", account=SITES[site_name], **options)
+        known = FLAGS[engine]["flags"]
+        choices = FLAGS[engine].get("choices", {})
+        for flag, value in engine_flags(engine_command(job.script), engine):
+            assert flag in known, f"{engine} {FLAGS[engine]['version']} has no {flag}"
+            assert (value is not None) == bool(known[flag]), f"{flag}: value {value!r}"
+            if flag in choices and not value.startswith("$"):
+                assert value in choices[flag], f"{flag} {value} not in {choices[flag]}"
+
+
+def test_values_reaching_the_shell_are_quoted(fixed_env, monkeypatch, tmp_path):
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    odd = tmp_path / "it's a $(dir)"
+    odd.mkdir()
+    site_file = tmp_path / "odd.yaml"
+    site_file.write_text((ROOT / "site-configs" / "klc.yaml").read_text()
+                         .replace("/kellogg/proj/$USER/containers", str(odd / "images")))
+    site = load_site(str(site_file)).site
+    script = build_job(site, "tgi", account="kellogg").script
+    assert f"'{odd}/images/tgi-3.3.7.sif'" not in script  # plain single quotes would break on the '
+    argv = engine_command(script)
+    assert str(odd / "images" / "tgi-3.3.7.sif") in argv  # shlex reads back the exact path
+    for line in script.splitlines():  # wherever the path appears, the shell reads it back whole
+        if "dir)" in line and not line.lstrip().startswith("#"):
+            assert any(str(odd) in token for token in shlex.split(line.rstrip("\\"))), line
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+
+
+def test_sbatch_lines_carry_no_shell_variables(fixed_env, monkeypatch):
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    for site_name, account in SITES.items():
+        for engine in ("tgi", "vllm"):
+            script = build_job(load_site(site_name).site, engine, account=account).script
+            for line in script.splitlines():
+                if line.startswith("#SBATCH"):
+                    assert "$" not in line and "'" not in line and '"' not in line, line
+
+
+def test_site_can_drop_and_add_directives(fixed_env, monkeypatch, tmp_path):
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    user = tmp_path / "xdg" / "kit" / "sites"
+    user.mkdir(parents=True)
+    (user / "klc.yaml").write_text("sbatch: {drop: [--mem], extra: [--qos=gpu-normal, --exclusive]}\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    script = build_job(load_site("klc").site, "vllm", account="kellogg").script
+    assert "#SBATCH --mem" not in script
+    assert "#SBATCH --qos=gpu-normal" in script and "#SBATCH --exclusive" in script
+
+
+def test_api_key_is_never_in_the_script(fixed_env, monkeypatch):
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    script = build_job(load_site("quest").site, "tgi", account="p12345").script
+    assert re.search(r'SINGULARITYENV_API_KEY="\$KIT_API_KEY"', script)
+    assert 'KIT_API_KEY=$(<"$KIT_API_KEY_FILE")' in script
+    assert "--api-key" not in script
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+@pytest.mark.parametrize("site_name", SITES)
+def test_sbatch_test_only_accepts_every_rendered_script(slurm_cluster, fixed_env, monkeypatch, tmp_path, engine, site_name):
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    site = load_site(site_name).site
+    models = ["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-70B-Instruct", "Qwen/Qwen2.5-14B-Instruct"]
+    seen = set()
+    for model_id in models:
+        for gpu in site.partitions[site.defaults.gpu_partition].gpu_tiers:
+            job = build_job(site, engine, model_id=model_id, account=SITES[site_name], gpu=gpu)
+            if job is None:  # this model does not fit on this tier
+                continue
+            seen.add((job.plan["gpu_type"], job.plan["gpus"]))
+            script = tmp_path / f"{model_id.split('/')[-1]}-{gpu}.sbatch"
+            script.write_text(job.script)
+            proc = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True)
+            assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
+            assert "to start at" in proc.stderr
+    assert len(seen) >= 3, seen  # every tier of the site was exercised
