@@ -47,13 +47,25 @@ class Breakdown:
         return out
 
 
-def weight_bytes(layout: Layout, n: int, dtype_bytes: float, quantize: str) -> float:
+def quant_facts(quantize: str, checkpoint: dict | None = None) -> dict:
+    """Bytes per quantized parameter; a GPTQ/AWQ checkpoint's own bits and group size win."""
+    q = dict(constants()["quantizations"][quantize])
+    if checkpoint and quantize in ("gptq", "awq"):
+        bits = int(checkpoint.get("bits") or checkpoint.get("w_bit") or 4)
+        group = int(checkpoint.get("group_size") or checkpoint.get("q_group_size") or 128)
+        q["bytes"] = bits / 8
+        q["overhead"] = 0.0 if group <= 0 else (2 + bits / 8) / group  # fp16 scale + packed zero per group
+    return q
+
+
+def weight_bytes(layout: Layout, n: int, dtype_bytes: float, quantize: str | dict) -> float:
     """Weights on one of n tensor-parallel shards.
 
     Linear layers split n ways and shrink with quantization; embeddings and lm_head split by
     vocabulary and stay 16-bit; norms and routers are replicated (memory.md §1.4, §4.1).
+    ``quantize`` is a name from memory.yaml or the facts from quant_facts().
     """
-    q = constants()["quantizations"][quantize]
+    q = quant_facts(quantize) if isinstance(quantize, str) else quantize
     if q["bytes"] is None:
         per_param = dtype_bytes
     elif "overhead_per_row" in q:
@@ -78,7 +90,7 @@ def active_intermediate(layout: Layout) -> int:
     return layout.intermediate_size * max(1, layout.experts_per_token)
 
 
-def serve_breakdown(layout: Layout, *, n: int, dtype_bytes: float, quantize: str, kv_tokens: int,
+def serve_breakdown(layout: Layout, *, n: int, dtype_bytes: float, quantize: str | dict, kv_tokens: int,
                     prefill_tokens: int, gpu_gib: float, engine: dict) -> Breakdown:
     mem = engine["memory"]
     coeff = constants()["serve"]["prefill_act"]

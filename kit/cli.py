@@ -14,7 +14,7 @@ import click
 from kit import __version__
 from kit.errors import KitError
 
-QUANTIZE = ("none", "bitsandbytes", "bitsandbytes-nf4", "fp8", "awq", "gptq")
+from kit.plan import QUANTIZE_CHOICES as QUANTIZE  # light: kit.plan imports no heavy library
 
 
 def emit_json(data) -> None:
@@ -42,9 +42,9 @@ def sites():
 def sites_list(as_json):
     """Packaged sites (plus site-wide and user files)."""
     from kit import output
-    from kit.sites import load_site, packaged_site_names
+    from kit.sites import known_site_names, load_site
 
-    rows = [load_site(name) for name in packaged_site_names()]
+    rows = [load_site(name) for name in known_site_names()]
     if as_json:
         emit_json([{"name": r.site.name, "description": r.site.description, "files": [str(f) for f in r.files]} for r in rows])
     else:
@@ -208,19 +208,25 @@ def serve_options(f):
     return f
 
 
+def account_option(f):
+    return click.option("--account", help="Slurm account (default: the site's, or $KIT_ACCOUNT); "
+                                          "also picks the account's shared model cache")(f)
+
+
 @plan.command("serve")
 @click.argument("model")
 @serve_options
 @placement_options
+@account_option
 def plan_serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_tokens, concurrency, site,
-                   partition, gpu, gpus, as_json):
+                   partition, gpu, gpus, as_json, account):
     """Plan serving MODEL with TGI or vLLM."""
     from kit.models.resolve import resolve
     from kit.plan import plan_serve
     from kit.sites import load_site
 
-    site_obj = load_site(site).site
-    info = resolve(model, site_obj)
+    site_obj = load_site(site, account=account).site
+    info = resolve(model, site_obj, account)
     result = plan_serve(info, site_obj, engine=engine, dtype=dtype, quantize=quantize,
                         max_input_tokens=max_input_tokens, max_total_tokens=max_total_tokens,
                         concurrency=concurrency, partition=partition, gpu=gpu, gpus=gpus)
@@ -237,15 +243,16 @@ def plan_serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_t
 @click.option("--lora-targets", help="all-linear, or a comma list of module names (default: all-linear)")
 @click.option("--optimizer", help="adamw, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, adafactor, sgd")
 @placement_options
+@account_option
 def plan_finetune_cmd(model, method, seq_len, batch_size, grad_ckpt, lora_r, lora_targets, optimizer, site,
-                      partition, gpu, gpus, as_json):
+                      partition, gpu, gpus, as_json, account):
     """Plan fine-tuning MODEL (full, LoRA or QLoRA)."""
     from kit.models.resolve import resolve
     from kit.plan import plan_finetune
     from kit.sites import load_site
 
-    site_obj = load_site(site).site
-    info = resolve(model, site_obj)
+    site_obj = load_site(site, account=account).site
+    info = resolve(model, site_obj, account)
     result = plan_finetune(info, site_obj, method=method, seq_len=seq_len, batch_size=batch_size,
                            grad_ckpt=grad_ckpt, lora_r=lora_r, lora_targets=lora_targets, optimizer=optimizer,
                            partition=partition, gpu=gpu, gpus=gpus)
@@ -268,7 +275,7 @@ def show_plan(result: dict, as_json: bool) -> None:
 @click.argument("model")
 @serve_options
 @placement_options
-@click.option("--account", help="Slurm account (default: the site's, or $KIT_ACCOUNT)")
+@account_option
 @click.option("--time", "time_limit", metavar="TIME", help="walltime, e.g. 8:00:00 (default: the site's)")
 @click.option("--adapter", "adapters", multiple=True, metavar="PATH_OR_ID", help="LoRA adapter to serve too (repeatable)")
 @click.option("--name", help="kit job name (default: ENGINE-MODEL-xxxx)")

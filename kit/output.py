@@ -35,7 +35,8 @@ def site_detail(loaded) -> None:
     rt = site.runtime
     console.print(f"  runtime: {'/'.join(rt.binaries)} via module {rt.module or '-'}; fakeroot builds: "
                   f"{'yes' if rt.fakeroot else 'no'}; driver CUDA <= {site.driver.cuda_max}")
-    console.print(f"  limits: {site.limits.gpus_per_user or 'no'} GPUs per user; "
+    cap = f"{site.limits.gpus_per_user} GPUs per user" if site.limits.gpus_per_user else "no per-user GPU cap"
+    console.print(f"  limits: {cap}; "
                   f"{site.limits.max_nodes_per_job} node(s) per job; ports {site.network.port_range[0]}-{site.network.port_range[1]}")
     parts = Table(title="Partitions")
     for col in ("partition", "max walltime", "GPU tiers", "note"):

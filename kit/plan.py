@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
-from kit.budget import GIB, Breakdown, constants, finetune_breakdown, lora_trainable, serve_breakdown
+from kit.budget import GIB, Breakdown, constants, finetune_breakdown, lora_trainable, quant_facts, serve_breakdown
 from kit.errors import KitError
 from kit.models.arch import Layout
 from kit.models.resolve import SERVE_DTYPES, ModelInfo
@@ -143,6 +143,8 @@ def engine_args(engine: dict, values: dict) -> list[str]:
 def resolve_quantize(model: ModelInfo, quantize: str | None, engine_name: str, engine: dict) -> str:
     """The quantization to plan: the user's, or the checkpoint's own (``quantization_config``)."""
     own = checkpoint_quantization(model)
+    if own and quantize not in (None, own):
+        raise KitError(f"--quantize {quantize}: {model.name} is a {own} checkpoint; leave --quantize out or give {own}")
     if quantize is None:
         quantize = own or "none"
     if quantize not in QUANTIZE_CHOICES:
@@ -182,6 +184,8 @@ def serve_dtype(model: ModelInfo, dtype: str, engine: dict) -> str:
 def context_lengths(model: ModelInfo, max_input: int | None, max_total: int | None) -> tuple[int, int]:
     limit = model.max_context
     default_total = constants()["serve"]["default_max_total_tokens"]
+    if max_total is not None and max_total < 2:
+        raise KitError(f"--max-total-tokens {max_total}: must be at least 2")
     if max_total is None:
         max_total = min(limit or default_total, default_total)
         if max_input is not None and max_input >= max_total:
@@ -252,7 +256,8 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
     quantize = resolve_quantize(model, quantize, engine, eng)
     dtype = serve_dtype(model, dtype, eng)
     max_input, max_total = context_lengths(model, max_input_tokens, max_total_tokens)
-    concurrency = concurrency or constants()["serve"]["default_concurrency"]
+    if concurrency is None:
+        concurrency = constants()["serve"]["default_concurrency"]
     if concurrency < 1:
         raise KitError(f"--concurrency {concurrency}: must be at least 1")
     divide = eng["tensor_parallel"]["must_divide"]
@@ -260,7 +265,8 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
     kv_tokens = max_total * concurrency
     dtype_bytes = constants()["dtype_bytes"][dtype]
     margin = constants()["serve"]["margin_gib"] * GIB
-    q_facts = constants()["quantizations"][quantize]
+    headroom = constants()["serve"]["kv_headroom"]
+    q_facts = quant_facts(quantize, model.quantization)
 
     def prefill_tokens(option: Option) -> int:
         p = eng["prefill"]
@@ -270,7 +276,7 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
         return max(max_input, min(tokens, max_total)) if p["at_least_max_input"] else tokens
 
     def evaluate(option: Option) -> tuple[Breakdown, str | None]:
-        b = serve_breakdown(layout, n=option.gpus, dtype_bytes=dtype_bytes, quantize=quantize, kv_tokens=kv_tokens,
+        b = serve_breakdown(layout, n=option.gpus, dtype_bytes=dtype_bytes, quantize=q_facts, kv_tokens=kv_tokens,
                             prefill_tokens=prefill_tokens(option), gpu_gib=option.tier.usable_gib, engine=eng)
         if option.tier.compute_capability < q_facts["min_cc"]:
             return b, f"{quantize} needs compute capability {q_facts['min_cc']}, {option.tier.model} has {option.tier.compute_capability}"
@@ -278,10 +284,10 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
         if fixed > b.usable:
             return b, (f"weights {gib(b.terms['weights'])} + activations and overhead need {gib(fixed)} per GPU; "
                        f"{eng['label']} budget is {gib(b.usable)}")
-        if b.total + margin > b.usable:
-            return b, (f"KV cache for {kv_tokens:,} tokens ({max_total:,} x {concurrency}) needs {gib(b.terms['kv_cache'])}, "
-                       f"room for {b.extra['kv_capacity_tokens']:,} tokens ({gib(b.usable - fixed)}) with a "
-                       f"{gib(margin)} margin")
+        if b.total + headroom * b.terms["kv_cache"] + margin > b.usable:
+            return b, (f"KV cache for {kv_tokens:,} tokens ({max_total:,} x {concurrency}) needs {gib(b.terms['kv_cache'])} "
+                       f"(+{headroom:.0%}), room for {b.extra['kv_capacity_tokens']:,} tokens ({gib(b.usable - fixed)}) "
+                       f"with a {gib(margin)} margin")
         return b, None
 
     sizes = [gpus] if gpus else [n for n in eng["tensor_parallel"]["sizes"]]
@@ -318,16 +324,18 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
             "memory_fraction": memory_fraction,
         }
         result["engine_args"] = engine_args(eng, values)
-    elif _suggest:
-        result["suggestion"] = suggest_quantization(model, site, quantize, engine, eng, locals_for_retry={
+    elif _suggest and not checkpoint_quantization(model):
+        result["suggestion"] = suggest_quantization(model, site, quantize, eng, retry_options={
             "engine": engine, "dtype": dtype, "max_input_tokens": max_input, "max_total_tokens": max_total,
             "concurrency": concurrency, "partition": partition, "gpu": gpu, "gpus": gpus})
     notes = [] if layout.num_kv_heads > 1 or w.chosen is None or w.chosen.gpus == 1 else list(layout.notes)
+    if model.max_context is None:
+        notes.append(f"{model.name}: the config gives no context length; planned with {max_total:,} tokens")
     result["warnings"] += notes
     return result
 
 
-def suggest_quantization(model, site, current: str, engine_name: str, eng: dict, locals_for_retry: dict) -> dict | None:
+def suggest_quantization(model, site, current: str, eng: dict, retry_options: dict) -> dict | None:
     """When nothing fits: the least aggressive on-the-fly quantization that would."""
     order = constants()["suggest_order"]
     start = order.index(current) + 1 if current in order else 0
@@ -335,7 +343,7 @@ def suggest_quantization(model, site, current: str, engine_name: str, eng: dict,
         if q not in eng["quantize"]:
             continue
         try:
-            trial = plan_serve(model, site, quantize=q, _suggest=False, **locals_for_retry)
+            trial = plan_serve(model, site, quantize=q, _suggest=False, **retry_options)
         except KitError:
             continue
         if trial["fits"]:
@@ -361,13 +369,13 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
                   lora_targets: str | None = None, optimizer: str | None = None, partition: str | None = None,
                   gpu: str | None = None, gpus: int | None = None) -> dict:
     d = constants()["finetune"]["defaults"]
-    method = method or d["method"]
-    seq_len = seq_len or d["seq_len"]
-    batch_size = batch_size or d["batch_size"]
-    grad_ckpt = d["grad_ckpt"] if grad_ckpt is None else grad_ckpt
-    lora_r = lora_r or d["lora_r"]
-    lora_targets = lora_targets or d["lora_targets"]
-    optimizer = optimizer or d["optimizer"]
+
+    def default(value, key):
+        return d[key] if value is None else value
+
+    method, seq_len, batch_size = default(method, "method"), default(seq_len, "seq_len"), default(batch_size, "batch_size")
+    grad_ckpt, lora_r = default(grad_ckpt, "grad_ckpt"), default(lora_r, "lora_r")
+    lora_targets, optimizer = default(lora_targets, "lora_targets"), default(optimizer, "optimizer")
     if method not in METHODS:
         raise KitError(f"--method {method}: allowed values are {', '.join(METHODS)}")
     optimizers = constants()["finetune"]["optimizers"]

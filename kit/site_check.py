@@ -8,7 +8,6 @@ a cluster change (``kit sites check NAME``).
 
 from __future__ import annotations
 
-from kit.site_schema import walltime_minutes
 from kit.slurm import format_minutes, query_cluster
 
 
@@ -26,7 +25,7 @@ def check_site(site, cluster=None) -> list[dict]:
         if live is None:
             drift(key, f"no such partition on the cluster (it has: {', '.join(sorted(cluster.partitions))})")
             continue
-        want = walltime_minutes(part.max_walltime) if part.max_walltime else None
+        want = part.max_minutes
         if want != live.max_time_minutes:
             drift(f"{key}.max_walltime", f"site says {format_minutes(want)}, cluster MaxTime is {format_minutes(live.max_time_minutes)}")
         nodes = [cluster.nodes[n] for n in live.nodes if n in cluster.nodes]

@@ -164,6 +164,9 @@ class Site(Strict):
         cpu = self.defaults.cpu_partition
         if cpu is not None and cpu not in self.partitions:
             raise ValueError(f"defaults.cpu_partition {cpu!r} is not a partition ({names})")
+        if gpu.max_minutes is not None and walltime_minutes(self.defaults.walltime) > gpu.max_minutes:
+            raise ValueError(f"defaults.walltime {self.defaults.walltime} is over partition "
+                             f"{self.defaults.gpu_partition}'s max_walltime {gpu.max_walltime}")
 
     def gpu_partitions(self) -> dict[str, Partition]:
         return {name: p for name, p in self.partitions.items() if p.gpu_tiers}

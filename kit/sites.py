@@ -43,9 +43,17 @@ def packaged_site_names() -> list[str]:
     return sorted(p.stem for p in packaged_sites_dir().glob("*.yaml"))
 
 
+def known_site_names() -> list[str]:
+    """Packaged sites plus those defined only in a site-wide or user file."""
+    names = set(packaged_site_names())
+    for d in (system_config_dir() / "sites", user_config_dir() / "sites"):
+        names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
 @dataclass
 class LoadedSite:
-    site: Any  # kit.site_schema.Site (imported lazily: pydantic costs start-up time)
+    site: Any  # kit.site_schema.Site
     files: list[Path]
     origins: dict[tuple[str, ...], str] = field(default_factory=dict)
 
@@ -53,13 +61,29 @@ class LoadedSite:
         return origin_of(self.origins, path)
 
 
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+    """A safe loader that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as e:
         raise KitError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise KitError(f"{path}: not a UTF-8 text file") from None
     try:
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
@@ -108,14 +132,14 @@ def resolve_site_file(site: str) -> tuple[str, Path]:
     for extra in (system_config_dir() / "sites" / f"{site}.yaml", user_config_dir() / "sites" / f"{site}.yaml"):
         if extra.is_file():  # a site that exists only as a site-wide or user file
             return site, extra
-    known = ", ".join(packaged_site_names()) or "none"
+    known = ", ".join(known_site_names()) or "none"
     raise KitError(f"unknown site {site!r}: known sites are {known}, or pass a path to a site YAML file")
 
 
 def choose_site(site: str | None) -> str:
     chosen = site or os.environ.get(ENV_SITE)
     if not chosen:
-        known = ", ".join(packaged_site_names())
+        known = ", ".join(known_site_names())
         raise KitError(f"no site given: pass --site NAME|FILE or set {ENV_SITE} (known sites: {known})")
     return chosen
 

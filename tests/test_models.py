@@ -194,3 +194,82 @@ def test_list_with_site_shows_the_smallest_allocation():
     assert "bitsandbytes-nf4" in rows["meta-llama/Llama-3.1-405B-Instruct"]["serve"]
     human = kit("models", "list", "--site", "quest", env=OFFLINE)
     assert "Llama-3.1-70B-Instruct" in human.out and "a100-80" in human.out
+
+
+def quantized_dir(path: Path, method: str, **fields) -> Path:
+    """A config-only checkpoint directory of Qwen2.5-7B with a quantization_config."""
+    cfg = dict(catalog.lookup("Qwen/Qwen2.5-7B-Instruct")["config"])
+    cfg["quantization_config"] = {"quant_method": method, **fields}
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def test_gptq_checkpoint_uses_its_bits_and_group_size(tmp_path):
+    four = quantized_dir(tmp_path / "q4", "gptq", bits=4, group_size=128)
+    eight = quantized_dir(tmp_path / "q8", "gptq", bits=8, group_size=128)
+    p4 = kit("plan", "serve", str(four), "--site", "quest", "--json").json()
+    p8 = kit("plan", "serve", str(eight), "--site", "quest", "--json").json()
+    assert p4["quantize"] == p8["quantize"] == "gptq" and "--quantize" in p4["engine_args"]
+    linear = 7_615_616_512 - 2 * 152_064 * 3584  # Qwen2.5-7B minus embeddings and lm_head (norms are tiny)
+    # 8 bits instead of 4: half a byte more for every linear-layer parameter.
+    difference = (p8["per_gpu"]["weights_gib"] - p4["per_gpu"]["weights_gib"]) * GIB_FLOAT
+    assert difference == pytest.approx(linear * 0.5, rel=0.02)
+    assert p8["per_gpu"]["weights_gib"] * GIB_FLOAT > linear * 1.0
+
+
+GIB_FLOAT = float(1 << 30)
+
+
+def test_quantized_checkpoint_refuses_another_quantization(tmp_path):
+    awq = quantized_dir(tmp_path / "awq", "awq", bits=4, group_size=128)
+    for other in ("none", "fp8"):
+        r = kit("plan", "serve", str(awq), "--site", "quest", "--quantize", other)
+        assert r.code != 0 and "is a awq checkpoint" in r.error_line
+
+
+def test_account_scoped_cache_is_searched_with_the_default_account(tmp_path, monkeypatch):
+    cache = tmp_path / "projects" / "p12345" / "hf_cache"
+    snapshot = cache / "models--lab--tiny" / "snapshots" / "abc"
+    tiny_model(snapshot)
+    (cache / "models--lab--tiny" / "refs").mkdir()
+    (cache / "models--lab--tiny" / "refs" / "main").write_text("abc")
+    site = tmp_path / "site.yaml"
+    site.write_text((Path(__file__).parents[1] / "site-configs" / "quest.yaml").read_text()
+                    .replace("/projects/{account}/hf_cache", str(tmp_path / "projects" / "{account}" / "hf_cache")))
+    r = kit("models", "show", "lab/tiny", "--site", str(site), "--json", env={"KIT_ACCOUNT": "p12345"})
+    assert r.code == 0, r.err
+    d = r.json()
+    assert d["source"] == "cache"
+    plan = kit("plan", "serve", "lab/tiny", "--site", str(site), "--account", "p12345", "--json").json()
+    assert plan["fits"]
+
+
+def test_mistral_consolidated_copy_is_not_counted_twice(tmp_path):
+    expected = tiny_model(tmp_path / "m")
+    import shutil
+
+    shutil.copy(tmp_path / "m" / "model.safetensors", tmp_path / "m" / "consolidated.safetensors")
+    d = kit("models", "show", str(tmp_path / "m"), "--json").json()
+    assert d["params"] == expected and d["active_params"] == expected
+
+
+def test_sharded_checkpoint_counts_the_files_its_index_names(tmp_path):
+    expected = tiny_model(tmp_path / "m")
+    import shutil
+
+    (tmp_path / "m" / "model.safetensors").rename(tmp_path / "m" / "model-00001-of-00001.safetensors")
+    shutil.copy(tmp_path / "m" / "model-00001-of-00001.safetensors", tmp_path / "m" / "stale-copy.safetensors")
+    from kit.models.safetensors_headers import read_header
+
+    names = read_header(tmp_path / "m" / "model-00001-of-00001.safetensors")
+    (tmp_path / "m" / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": {n: "model-00001-of-00001.safetensors" for n in names}}))
+    assert kit("models", "show", str(tmp_path / "m"), "--json").json()["params"] == expected
+
+
+def test_config_that_is_not_utf8(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_bytes(b"\xff\xfe{}")
+    r = kit("models", "show", str(tmp_path / "m"))
+    assert r.code != 0 and "not a UTF-8 text file" in r.error_line and str(tmp_path / "m") in r.error_line

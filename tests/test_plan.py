@@ -1,5 +1,7 @@
 """Planner decisions on the packaged sites, through the real CLI and JSON output."""
 
+from pathlib import Path
+
 import pytest
 
 from kit.models import catalog
@@ -197,3 +199,41 @@ def test_bad_finetune_options_give_one_clear_line():
     assert r.code != 0 and "q_proj" in r.error_line and "qkv" in r.error_line
     r = kit("plan", "finetune", "meta-llama/Llama-3.1-8B-Instruct", "--site", "quest", "--optimizer", "lion")
     assert "--optimizer lion" in r.error_line
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--concurrency", "0"], "--concurrency 0: must be at least 1"),
+    (["--max-total-tokens", "0"], "--max-total-tokens 0: must be at least 2"),
+    (["--max-total-tokens", "-5"], "--max-total-tokens -5: must be at least 2"),
+])
+def test_zero_and_negative_values_are_refused(args, expected):
+    r = kit("plan", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--site", "quest", *args)
+    assert r.code != 0 and expected in r.error_line
+
+
+@pytest.mark.parametrize("flag", ["--seq-len", "--batch-size", "--lora-r"])
+def test_zero_finetune_values_are_refused(flag):
+    r = kit("plan", "finetune", "meta-llama/Llama-3.1-8B-Instruct", "--site", "quest", flag, "0")
+    assert r.code != 0 and f"{flag} 0: must be at least 1" in r.error_line
+
+
+def test_per_user_cap_below_a_node_rejects_the_larger_options(tmp_path):
+    site = tmp_path / "capped.yaml"
+    site.write_text((Path(__file__).parents[1] / "site-configs" / "quest.yaml").read_text()
+                    .replace("gpus_per_user: 8 ", "gpus_per_user: 2 "))
+    plan = kit("plan", "serve", "meta-llama/Llama-3.1-70B-Instruct", "--site", str(site), "--json").json()
+    assert not plan["fits"]
+    assert any("per-user cap of 2 GPUs" in r["reason"] for r in plan["rejected"])
+    assert plan["suggestion"]["quantize"] == "fp8" and plan["suggestion"]["gpus"] <= 2
+
+
+def test_70b_bf16_takes_four_80gb_a100s():
+    plan = serve("meta-llama/Llama-3.1-70B-Instruct")
+    assert (plan["gpus"], plan["gpu_type"], plan["gres"], plan["constraint"]) == (4, "a100-80", "gpu:a100:4", "sxm")
+
+
+def test_quantize_choices_match_the_memory_model():
+    from kit.budget import constants
+    from kit.plan import QUANTIZE_CHOICES
+
+    assert set(QUANTIZE_CHOICES) == set(constants()["quantizations"])

@@ -225,3 +225,36 @@ def test_check_reports_each_drift(slurm_cluster, layers):
 def test_check_without_slurm_is_one_clear_line(tmp_path):
     r = kit("sites", "check", "quest", env={"PATH": str(tmp_path)})
     assert r.code != 0 and "not found on PATH" in r.error_line
+
+
+def test_a_key_given_twice_is_an_error(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text(QUEST_YAML.read_text() + "\nlimits: {gpus_per_user: 4}\n")
+    r = kit("sites", "show", str(path))
+    assert r.code != 0 and "key 'limits' appears twice" in r.error_line and str(path) in r.error_line
+
+
+def test_a_site_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"name: caf\xe9\n")
+    r = kit("sites", "show", str(path))
+    assert r.code != 0 and "not a UTF-8 text file" in r.error_line
+
+
+def test_default_walltime_within_the_gpu_partition(tmp_path):
+    path = broken(tmp_path, lambda d: d["defaults"].update(walltime="9-00:00:00"))
+    r = kit("sites", "show", path)
+    assert r.code != 0 and "defaults.walltime 9-00:00:00 is over partition gengpu" in r.error_line
+
+
+def test_user_only_sites_are_listed(layers):
+    system, user, env = layers
+    (user / "mylab.yaml").write_text(QUEST_YAML.read_text().replace("name: quest", "name: mylab"))
+    r = kit("sites", "list", env=env)
+    assert "mylab" in r.out
+    r = kit("sites", "show", "nosuch", env=env)
+    assert "klc, mylab, quest" in r.error_line
+
+
+def test_klc_has_no_per_user_cap_and_says_so():
+    assert "no per-user GPU cap" in kit("sites", "show", "klc").out

@@ -92,6 +92,7 @@ def cache_dirs(site=None, account: str | None = None) -> list[Path]:
     dirs: list[Path] = []
     if site is not None:
         cache = site.paths.model_cache
+        account = account or site.account.default
         if "{account}" not in cache or account:
             dirs.append(Path(expand_user_path(cache, account)))
     hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
@@ -142,6 +143,8 @@ def load_config(path: Path) -> dict:
         data = json.loads(path.read_text())
     except OSError as e:
         raise KitError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise KitError(f"{path}: not a UTF-8 text file") from None
     except json.JSONDecodeError as e:
         raise KitError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}") from None
     if not isinstance(data, dict):
@@ -178,7 +181,7 @@ def from_directory(directory: Path, name: str, source: str) -> ModelInfo:
         params, active, params_from = layout.params, layout.active_params, "config.json"
     elif counted is not None:
         params = counted[0]
-        active = layout.active_params if layout else params
+        active = params - (layout.params - layout.active_params) if layout else params
         params_from = "safetensors headers"
         if layout is not None and params != layout.params:
             warnings.append(f"{directory}: safetensors hold {params:,} parameters, config implies {layout.params:,}")
@@ -186,6 +189,8 @@ def from_directory(directory: Path, name: str, source: str) -> ModelInfo:
         raise KitError(warnings[0] + "; and there are no safetensors files to count parameters from")
     if layout is None:
         warnings[0] += f"; parameters counted from safetensors headers ({params:,})"
+        if quant:
+            warnings.append(f"{directory}: a quantized checkpoint: the stored count is of packed tensors")
     return make_info(name, source, str(directory), cfg, layout, params, active, params_from, warnings)
 
 
@@ -205,14 +210,15 @@ def from_hub(repo_id: str) -> ModelInfo:
         layout = layout_from_config(cfg, f"{repo_id} config.json")
     except UnsupportedArchitecture as e:
         layout, warnings = None, [str(e)]
-    if layout is not None and not cfg.get("quantization_config"):
+    if layout is not None:
+        # Quantized repos pack several weights per stored element: their metadata undercounts.
         params, params_from = layout.params, "config.json"
-        if counted and counted != params:
+        if counted and counted != params and not cfg.get("quantization_config"):
             warnings.append(f"{repo_id}: safetensors metadata has {counted:,} parameters, config implies {params:,}")
     elif counted:
         params, params_from = counted, "safetensors metadata (Hub)"
-    elif layout is not None:
-        params, params_from = layout.params, "config.json"
+        if cfg.get("quantization_config"):
+            warnings.append(f"{repo_id}: a quantized checkpoint: the stored count ({counted:,}) is of packed tensors")
     else:
         raise KitError(warnings[0] + "; and the Hub has no safetensors metadata to count parameters from")
     active = layout.active_params if layout else params

@@ -35,10 +35,25 @@ def read_header(path: Path) -> dict:
     return header
 
 
+def weight_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's files: those its index names, else every *.safetensors except the
+    ``consolidated*`` copy that Mistral repos ship beside the HF-format shards."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError):
+            raise KitError(f"{index}: not a valid safetensors index (no weight_map)") from None
+        return sorted(model_dir / n for n in names)
+    files = sorted(model_dir.glob("*.safetensors"))
+    hf_files = [f for f in files if not f.name.startswith("consolidated")]
+    return hf_files or files
+
+
 def tensor_shapes(model_dir: Path) -> dict[str, tuple[str, list[int]]]:
-    """name -> (dtype, shape) over every *.safetensors file in the directory."""
+    """name -> (dtype, shape) over the checkpoint's safetensors files."""
     tensors: dict[str, tuple[str, list[int]]] = {}
-    for file in sorted(model_dir.glob("*.safetensors")):
+    for file in weight_files(model_dir):
         for name, info in read_header(file).items():
             tensors[name] = (info["dtype"], list(info["shape"]))
     return tensors
