@@ -242,6 +242,7 @@ def submission_env() -> dict[str, str]:
 
 
 def submit(job: ServeJob) -> jobs.JobRecord:
+    slurm.require("sbatch")  # before anything is written
     job.job_dir.mkdir(parents=True)
     try:
         jobs.write_secret(job.job_dir / "api_key")
