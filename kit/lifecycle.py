@@ -57,7 +57,9 @@ class Status:
 
     @property
     def ready(self) -> bool:
-        return self.health == 200
+        """The engine answers /health and the job has seen it too (endpoint.json says ready)."""
+        ep = self.record.endpoint() or {}
+        return self.health == 200 and ep.get("state") == "ready"
 
     def as_dict(self) -> dict:
         ep = self.record.endpoint() or {}

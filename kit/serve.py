@@ -42,7 +42,7 @@ def walltime(site, partition: str, requested: str | None) -> str:
     text = requested or site.defaults.walltime
     try:
         minutes = slurm.parse_time_limit(text)
-    except ValueError:
+    except (ValueError, KitError):
         minutes = -1
     if minutes is None or minutes <= 0:
         raise KitError(f"--time {text}: not a Slurm time limit (e.g. 4:00:00 or 2-00:00:00)")

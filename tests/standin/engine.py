@@ -42,8 +42,9 @@ MAX_NEW_TOKENS_CAP = 64  # the stand-in never generates more than this (keeps te
 
 STANDIN_NOTES = """\
 - Both engines: generation is greedy and capped at 64 new tokens; sampling parameters are ignored.
-- TGI: the real launcher logs its whole Args struct at start-up (api_key included, as far as the
-  upstream source shows); the stand-in prints the same line with the key redacted.
+- TGI: the real launcher logs its whole Args struct at start-up, api_key included (upstream
+  `tracing::info!("{:#?}", args)`); the stand-in prints that line unredacted too, so kit's job
+  script must filter the key out of the log. Every other line is redacted here.
 - Logs go to stderr here; the real engines log mostly to stdout.
 """
 
@@ -383,6 +384,19 @@ def resolve_model(model: str, revision: str | None, cache_dir: str | None):
                       f"as environment variable. (model: {model})")
     except Exception as exc:  # noqa: BLE001 - report it like the engine would
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def container_path(path: str) -> str:
+    """The path as the caller inside the "container" named it (the runtime stand-in rewrote it)."""
+    try:
+        pairs = json.loads(os.environ.get("KIT_STANDIN_BINDS") or "[]")
+    except ValueError:
+        return path
+    for dst, src in sorted(pairs, key=lambda p: len(p[1]), reverse=True):
+        src = src.rstrip("/")
+        if path == src or path.startswith(src + "/"):
+            return dst.rstrip("/") + path[len(src):]
+    return path
 
 
 def read_config(path: str) -> dict | None:
@@ -951,11 +965,11 @@ def make_handler(engine: Engine):
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
-        server_version = "uvicorn" if kind == "vllm" else ""
+        server_version = "uvicorn" if kind == "vllm" else "kit-standin-tgi"
         sys_version = ""
 
         def version_string(self):
-            return "uvicorn" if kind == "vllm" else "axum"
+            return "uvicorn" if kind == "vllm" else "kit-standin-tgi"
 
         def log_message(self, fmt, *args):  # silence the stdlib's own access log
             pass
@@ -1101,8 +1115,16 @@ class Server(ThreadingHTTPServer):
 
 # --- main ---------------------------------------------------------------------------------------------
 
+STARTUP_FILES: list[str] = []  # sockets to remove if a signal ends the start-up
+
+
 def _phase_signal_handler(log: Log, engine: str):
     def handler(signum, frame):
+        for path in STARTUP_FILES:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
         name = signal.Signals(signum).name
         if engine == "tgi":
             log.tgi("INFO", "text_generation_launcher", f"Received {name} during start-up; exiting")
@@ -1115,13 +1137,17 @@ def _phase_signal_handler(log: Log, engine: str):
 def _bind(log: Log, engine: str, host: str, port: int, handler, what: str = "webserver") -> Server:
     srv = Server(host, port, handler)
     try:
+        if 0 < port < 1024:
+            # Jobs run as an ordinary user: privileged ports are refused (e.g. the TGI image's PORT=80).
+            raise PermissionError(13, "Permission denied")
         srv.bind_only()
     except OSError as exc:
         srv.server_close()
         if engine == "tgi":
             die(log, 1,
                 f"thread 'main' panicked at router/src/server.rs: called `Result::unwrap()` on an `Err` value: "
-                f"Os {{ code: {exc.errno}, kind: AddrInUse, message: \"{exc.strerror}\" }} ({what} {host}:{port})",
+                f"Os {{ code: {exc.errno}, kind: {'PermissionDenied' if exc.errno == 13 else 'AddrInUse'}, "
+                f"message: \"{exc.strerror}\" }} ({what} {host}:{port})",
                 _tgi_line("ERROR", "text_generation_launcher", "Webserver Crashed"),
                 _tgi_line("INFO", "text_generation_launcher", "Shutting down shards"),
                 "Error: WebserverFailed")
@@ -1141,8 +1167,6 @@ def _tgi_args_debug(args: dict) -> str:
     for name, _, _ in TGI_FLAGS:
         key = name.replace("-", "_")
         val = args.get(key)
-        if key == "api_key" and val is not None:
-            val = "[REDACTED by kit stand-in]"
         if val is None:
             parts.append(f"{key}: None")
         elif isinstance(val, bool):
@@ -1170,7 +1194,9 @@ def run_tgi(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
-    log.info(_tgi_args_debug(args))
+    # Like the real launcher: the Args line carries the key in clear (not through the redacting log).
+    sys.stderr.write(_tgi_line("INFO", "text_generation_launcher", _tgi_args_debug(args)) + "\n")
+    sys.stderr.flush()
     host = args["hostname"]
     try:
         ipaddress.ip_address(host)
@@ -1289,6 +1315,7 @@ def run_tgi(argv: list[str]) -> None:
             s.bind(uds)
             s.listen(1)
             uds_socks.append((s, uds))
+            STARTUP_FILES.append(uds)
         except OSError as exc:
             die(log, 1, f"thread '<unnamed>' panicked at launcher/src/main.rs: {exc.strerror or exc} ({uds})",
                 _tgi_line("ERROR", "text_generation_launcher", f"Shard {rank} failed to start"),
@@ -1324,10 +1351,12 @@ def run_tgi(argv: list[str]) -> None:
                 f"Shard ready in {time.monotonic() - t0:.2f}s rank={rank}")
     log.info("Starting Webserver")
 
-    engine = Engine("tgi", log, model, model_id=args["model_id"], served_names=[args["model_id"]],
+    shown_id = container_path(args["model_id"])
+    loras = {name: container_path(p) for name, p in loras.items()}
+    engine = Engine("tgi", log, model, model_id=shown_id, served_names=[shown_id],
                     api_keys=[args["api_key"]] if args["api_key"] else [], max_input=max_input,
                     max_total=max_total, max_concurrent=args["max_concurrent_requests"], loras=loras,
-                    model_root=path)
+                    model_root=container_path(path))
     log.tgi("INFO", "text_generation_router_v3", "Warming up model")
     # The metrics listener first (its own port), then the API port; a taken port crashes the router.
     prom = _bind(log, "tgi", host, args["prometheus_port"], make_handler(engine), "prometheus")
@@ -1366,6 +1395,7 @@ def run_vllm(argv: list[str]) -> None:
     parser = make_vllm_parser()
     args = parser.parse_args(argv)  # exits 2 on unknown flags, like vLLM's argparse
     model_arg = args.model_tag or args.model
+    shown_model = container_path(model_arg)
     keys = args.api_key or ([os.environ["VLLM_API_KEY"]] if os.environ.get("VLLM_API_KEY") else [])
     log.secrets.extend(keys)
     handler = _phase_signal_handler(log, "vllm")
@@ -1375,10 +1405,11 @@ def run_vllm(argv: list[str]) -> None:
         die(log, 1, "ERROR: --uds is not supported by the kit stand-in")
 
     log.vllm("INFO", "utils.py", f"vLLM API server version {VLLM_VERSION}")
-    shown = {k: v for k, v in vars(args).items() if k != "api_key" and v not in (None, False)}
+    defaults = vars(make_vllm_parser().parse_args([]))
+    shown = {k: v for k, v in vars(args).items() if k != "api_key" and v != defaults.get(k)}
     log.vllm("INFO", "utils.py", f"non-default args: {shown}")
 
-    served = args.served_model_name or [model_arg]
+    served = args.served_model_name or [shown_model]
     path, err = resolve_model(model_arg, args.revision, args.download_dir)
     if err:
         die(log, 1, "Traceback (most recent call last):", '  File "vllm/transformers_utils/config.py", in get_config',
@@ -1474,8 +1505,9 @@ def run_vllm(argv: list[str]) -> None:
     for name, lpath in loras.items():
         log.vllm("INFO", "serving_models.py", f"Loaded new LoRA adapter: name '{name}', path '{lpath}'")
 
-    engine = Engine("vllm", log, model, model_id=model_arg, served_names=served, api_keys=keys,
-                    max_input=max_len, max_total=max_len, max_concurrent=1 << 30, loras=loras, model_root=model_arg)
+    engine = Engine("vllm", log, model, model_id=shown_model, served_names=served, api_keys=keys,
+                    max_input=max_len, max_total=max_len, max_concurrent=1 << 30,
+                    loras={n: container_path(p) for n, p in loras.items()}, model_root=shown_model)
     srv.RequestHandlerClass = make_handler(engine)
     try:
         srv.listen()

@@ -105,11 +105,29 @@ def build_tiny_chat_model(path: Path) -> Path:
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=_unprintable_tokens(tokenizer),
     )
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     _portable_tokenizer_config(path)
     return path
+
+
+def _unprintable_tokens(tokenizer) -> list[int]:
+    """Ids a random model should never emit: stray UTF-8 bytes, control bytes, <s>/<unk>/<pad>.
+
+    generate() applies generation_config.suppress_tokens, so the (untrained) model's greedy output
+    is plain printable ASCII and streams as clean text pieces. EOS stays allowed.
+    """
+    bad = []
+    for token_id in range(len(tokenizer)):
+        if token_id == tokenizer.eos_token_id:
+            continue
+        text = tokenizer.decode([token_id])
+        if token_id in tokenizer.all_special_ids or not text or any(
+                not (32 <= ord(ch) < 127 or ch == "\n") for ch in text):
+            bad.append(token_id)
+    return bad
 
 
 def _portable_tokenizer_config(path: Path) -> None:

@@ -1,0 +1,468 @@
+"""The stand-ins themselves: the tiny model, the engine stand-in (TGI and vLLM flavours) and the
+container runtime stand-in. Everything runs for real on this CPU machine; nothing is downloaded.
+
+The two serving engines are started once for the module (in parallel, through the runtime stand-in:
+`singularity run IMAGE ...` for TGI, `apptainer exec IMAGE vllm serve ...` for vLLM) and stopped
+with SIGTERM by the last test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from standin.tiny_model import build_tiny_chat_model
+
+HERE = Path(__file__).resolve().parent
+BIN = HERE / "bin"
+TGI_KEY = "tgi-Secret-123"
+VLLM_KEY = "vllm-secret-456"
+MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Hello! How are you today?"}]
+START_TIMEOUT = 90
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def standin_env(base: Path | None = None, **extra) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["KIT_STANDIN_PYTHON"] = sys.executable
+    env["HF_HUB_OFFLINE"] = "1"
+    for name in ("API_KEY", "VLLM_API_KEY", "PORT", "HOSTNAME", "KIT_STANDIN_RUNTIME_FLAVOR"):
+        env.pop(name, None)
+    for name in [k for k in env if k.startswith(("SINGULARITYENV_", "APPTAINERENV_"))]:
+        env.pop(name)
+    if base is not None:
+        env["HF_HOME"] = str(base / "hf")
+        env["HF_HUB_CACHE"] = str(base / "hf" / "hub")
+    env.update(extra)
+    return env
+
+
+def http(method: str, url: str, body=None, headers: dict | None = None, timeout: float = 30):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, err_file: Path, timeout: float = START_TIMEOUT) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            pytest.fail(f"engine exited with {proc.returncode} before /health:\n{err_file.read_text()}")
+        try:
+            if http("GET", f"http://127.0.0.1:{port}/health", timeout=2)[0] == 200:
+                return time.monotonic() - start
+        except OSError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"engine not healthy after {timeout} s:\n{err_file.read_text()}")
+
+
+def run(cmd: list[str], env: dict, timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+# --- fixtures --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat-model"))
+
+
+class Engines:
+    pass
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model, tmp_path_factory):
+    """TGI (via `singularity run`) and vLLM (via `apptainer exec`) serving the tiny model, plus a
+    TGI whose port is taken (it loads the model, then must fail): all three start in parallel."""
+    base = tmp_path_factory.mktemp("engines")
+    e = Engines()
+    e.base = base
+    e.log = base / "runtime.jsonl"
+    e.tgi_image = base / "tgi.sif"
+    e.tgi_image.write_text("#!kit-standin runscript=text-generation-launcher\nenv PORT=80\nenv HF_HOME=/data\n")
+    e.vllm_image = base / "vllm.sif"
+    e.vllm_image.write_text("#!kit-standin runscript=vllm serve\n")
+    (base / "data").mkdir()
+    e.tgi_port, e.prom_port, e.vllm_port = free_port(), free_port(), free_port()
+    e.uds = base / "tgi-uds"
+
+    env = standin_env(base, KIT_STANDIN_LOG=str(e.log))
+    tgi_env = dict(env, SINGULARITYENV_API_KEY=TGI_KEY, SINGULARITYENV_USAGE_STATS="off",
+                   APPTAINERENV_API_KEY="ignored-by-singularityce")
+    e.tgi_err = base / "tgi.err"
+    files = [open(base / name, "w") for name in ("tgi.err", "vllm.err", "clash.err")]
+    e.tgi = subprocess.Popen(
+        ["singularity", "run", "--nv", "--bind", f"{tiny_model}:/models/tiny:ro", "--bind", f"{base / 'data'}:/data",
+         str(e.tgi_image), "--model-id", "/models/tiny", "--hostname", "127.0.0.1", "--port", str(e.tgi_port),
+         "--prometheus-port", str(e.prom_port), "--shard-uds-path", str(e.uds), "--max-total-tokens", "512",
+         "--max-input-tokens", "256"],
+        env=tgi_env, stdout=subprocess.DEVNULL, stderr=files[0], stdin=subprocess.DEVNULL)
+    vllm_env = dict(env, APPTAINERENV_VLLM_API_KEY=VLLM_KEY)
+    e.vllm_err = base / "vllm.err"
+    e.vllm = subprocess.Popen(
+        ["apptainer", "exec", "--nv", "--bind", f"{tiny_model}:/models/tiny", str(e.vllm_image),
+         "vllm", "serve", "/models/tiny", "--served-model-name", "tiny", "--host", "127.0.0.1",
+         "--port", str(e.vllm_port), "--max-model-len", "1k", "--disable-log-stats"],
+        env=vllm_env, stdout=subprocess.DEVNULL, stderr=files[1], stdin=subprocess.DEVNULL)
+    e.busy = socket.socket()
+    e.busy.bind(("127.0.0.1", 0))
+    e.busy.listen(1)
+    e.clash_err = base / "clash.err"
+    e.clash = subprocess.Popen(
+        ["text-generation-launcher", "--model-id", str(tiny_model), "--hostname", "127.0.0.1",
+         "--port", str(e.busy.getsockname()[1]), "--prometheus-port", str(free_port()),
+         "--shard-uds-path", str(base / "clash-uds")],
+        env=env, stdout=subprocess.DEVNULL, stderr=files[2], stdin=subprocess.DEVNULL)
+    e.tgi_ready_s = wait_healthy(e.tgi, e.tgi_port, e.tgi_err)
+    e.vllm_ready_s = wait_healthy(e.vllm, e.vllm_port, e.vllm_err)
+    e.tgi_url, e.vllm_url = f"http://127.0.0.1:{e.tgi_port}", f"http://127.0.0.1:{e.vllm_port}"
+    yield e
+    for p in (e.tgi, e.vllm, e.clash):
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    e.busy.close()
+    for f in files:
+        f.close()
+
+
+@pytest.fixture
+def online(monkeypatch):
+    """InferenceClient refuses every URL in offline mode, and huggingface_hub reads HF_HUB_OFFLINE
+    (or TRANSFORMERS_OFFLINE) once, at import: clear both and the already-imported constant."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+# --- the tiny model ----------------------------------------------------------------------------------
+
+def test_tiny_model_loads_offline_and_generates(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    cfg = model.config
+    assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads,
+            cfg.num_key_value_heads) == ("llama", 64, 2, 4, 2)
+    assert cfg.vocab_size == len(tok)
+    assert [tok.convert_ids_to_tokens(i) for i in range(4)] == ["<s>", "</s>", "<unk>", "<pad>"]
+    text = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<s><|system|>\nYou are a helpful assistant.</s>\n<|user|>\n")
+    assert text.endswith("<|assistant|>\n")
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    reply = tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert reply and reply.isascii()
+    assert (tiny_model / "model.safetensors").is_file() and not any(tiny_model.glob("*.bin"))
+
+    again = build_tiny_chat_model(tmp_path / "again")
+    for f in sorted(tiny_model.iterdir()):
+        assert (again / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+# --- engines: start, readiness, routes ------------------------------------------------------------------
+
+def test_engines_become_healthy_and_describe_themselves(engines):
+    e = engines
+    assert e.tgi_ready_s < START_TIMEOUT and e.vllm_ready_s < START_TIMEOUT
+    assert http("GET", f"{e.tgi_url}/health") == (200, b"")
+    assert http("GET", f"{e.vllm_url}/health") == (200, b"")
+
+    status, body = http("GET", f"{e.tgi_url}/info")
+    info = json.loads(body)
+    assert status == 200 and info["version"] == "3.3.7" and info["model_id"] == "/models/tiny"
+    assert (info["max_input_tokens"], info["max_total_tokens"]) == (256, 512)
+    status, body = http("GET", f"{e.tgi_url}/v1/models")
+    assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == ["/models/tiny"]
+
+    assert json.loads(http("GET", f"{e.vllm_url}/version")[1]) == {"version": "0.19.1"}
+    status, body = http("GET", f"{e.vllm_url}/v1/models", headers={"Authorization": f"Bearer {VLLM_KEY}"})
+    card = json.loads(body)["data"][0]
+    assert status == 200 and card["id"] == "tiny" and card["max_model_len"] == 1000
+    assert card["root"] == "/models/tiny"
+    # The image's ENV (PORT=80) did not win over --port, and the shard socket is per job.
+    assert (e.base / "tgi-uds-0").exists()
+
+
+def test_tgi_auth_covers_generation_routes_only(engines):
+    url = engines.tgi_url
+    for path in ("/health", "/info", "/v1/models", "/metrics"):
+        assert http("GET", url + path)[0] == 200, path
+    gen = {"inputs": "Hello there", "parameters": {"max_new_tokens": 4}}
+    chat = {"model": "tgi", "messages": MESSAGES, "max_tokens": 4}
+    for path, body in (("/generate", gen), ("/v1/chat/completions", chat), ("/", gen)):
+        assert http("POST", url + path, body) == (401, b""), path  # TGI: a bare 401
+        assert http("POST", url + path, body, {"Authorization": "Bearer wrong"})[0] == 401
+        assert http("POST", url + path, body, {"Authorization": f"Bearer {TGI_KEY}"})[0] == 200
+    # TGI compares the whole header case-insensitively.
+    assert http("POST", url + "/generate", gen, {"Authorization": f"bearer {TGI_KEY.upper()}"})[0] == 200
+    # The SINGULARITYENV_ key reached the engine; APPTAINERENV_ is not read by SingularityCE.
+    assert http("POST", url + "/generate", gen, {"Authorization": "Bearer ignored-by-singularityce"})[0] == 401
+
+
+def test_vllm_auth_covers_every_v1_path(engines):
+    url = engines.vllm_url
+    assert http("GET", url + "/health")[0] == 200
+    assert http("GET", url + "/version")[0] == 200
+    assert http("GET", url + "/metrics")[0] == 200
+    status, body = http("GET", url + "/v1/models")
+    assert (status, json.loads(body)) == (401, {"error": "Unauthorized"})
+    assert http("GET", url + "/v1/models", headers={"Authorization": "Bearer nope"})[0] == 401
+    chat = {"model": "tiny", "messages": MESSAGES, "max_tokens": 4}
+    assert http("POST", url + "/v1/chat/completions", chat)[0] == 401
+    status, body = http("POST", url + "/v1/chat/completions", chat, {"Authorization": f"Bearer {VLLM_KEY}"})
+    assert status == 200 and json.loads(body)["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_generation_is_real_and_validated(engines):
+    tgi = {"Authorization": f"Bearer {TGI_KEY}"}
+    vllm = {"Authorization": f"Bearer {VLLM_KEY}"}
+    status, body = http("POST", engines.tgi_url + "/generate",
+                        {"inputs": "The cluster has", "parameters": {"max_new_tokens": 6, "details": True}}, tgi)
+    out = json.loads(body)
+    assert status == 200 and out["generated_text"] and out["details"]["generated_tokens"] <= 6
+    # Same greedy model behind both flavours: the same chat prompt gives the same reply.
+    replies = []
+    for url, headers, model in ((engines.tgi_url, tgi, "tgi"), (engines.vllm_url, vllm, "tiny")):
+        status, body = http("POST", url + "/v1/chat/completions",
+                            {"model": model, "messages": MESSAGES, "max_tokens": 6}, headers)
+        out = json.loads(body)
+        assert status == 200 and out["usage"]["completion_tokens"] <= 6, out
+        replies.append(out["choices"][0]["message"]["content"])
+    assert replies[0] == replies[1] and replies[0]
+    # Context limits: TGI 422 (max_total_tokens 512), vLLM 400 (max_model_len 1000).
+    status, body = http("POST", engines.tgi_url + "/generate",
+                        {"inputs": "Hello", "parameters": {"max_new_tokens": 600}}, tgi)
+    assert status == 422 and json.loads(body)["error_type"] == "validation"
+    status, body = http("POST", engines.vllm_url + "/v1/chat/completions",
+                        {"model": "tiny", "messages": MESSAGES, "max_tokens": 2000}, vllm)
+    assert status == 400 and "maximum context length is 1000" in json.loads(body)["error"]["message"]
+    # vLLM: an unknown model name is a 404.
+    status, body = http("POST", engines.vllm_url + "/v1/chat/completions",
+                        {"model": "other", "messages": MESSAGES, "max_tokens": 2}, vllm)
+    assert status == 404 and json.loads(body)["error"]["type"] == "NotFoundError"
+
+
+@pytest.mark.parametrize("flavour", ["tgi", "vllm"])
+def test_inference_client_chat_stream_and_health(engines, online, flavour):
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url, key = (engines.tgi_url, TGI_KEY) if flavour == "tgi" else (engines.vllm_url, VLLM_KEY)
+    client = InferenceClient(model=url, api_key=key)
+    # health_check() refuses unless the provider is named ("Health check is not supported on 'None'").
+    assert InferenceClient(model=url, provider="hf-inference").health_check() is True
+    # With model=URL, InferenceClient sends "model": "dummy": TGI ignores it, vLLM does not.
+    kwargs = {} if flavour == "tgi" else {"model": "tiny"}
+    if flavour == "vllm":
+        with pytest.raises(HfHubHTTPError) as err:
+            client.chat_completion(messages=MESSAGES, max_tokens=8)
+        assert err.value.response.status_code == 404
+    out = client.chat_completion(messages=MESSAGES, max_tokens=8, **kwargs)
+    text = out.choices[0].message.content
+    assert isinstance(text, str) and text and out.usage.completion_tokens <= 8
+    assert out.choices[0].finish_reason in ("length", "stop")
+    pieces = [c.choices[0].delta.content or "" for c in
+              client.chat_completion(messages=MESSAGES, max_tokens=8, stream=True, **kwargs) if c.choices]
+    assert "".join(pieces) == text and len(pieces) >= 2
+    # kit's own way: base_url=<url>/v1 and the served model name.
+    kit_style = InferenceClient(base_url=url + "/v1", api_key=key)
+    assert kit_style.chat_completion(messages=MESSAGES, max_tokens=8,
+                                     model="tgi" if flavour == "tgi" else "tiny").choices[0].message.content == text
+    with pytest.raises(HfHubHTTPError) as err:
+        InferenceClient(model=url, api_key="wrong").chat_completion(messages=MESSAGES, max_tokens=2, **kwargs)
+    assert err.value.response.status_code == 401
+
+
+# --- engines: failures ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cmd", [
+    ["text-generation-launcher", "--model-id", "/x", "--bogus-flag", "1"],
+    ["text-generation-launcher", "--port", "notanumber"],
+    ["vllm", "serve", "/x", "--bogus-flag", "1"],
+    ["vllm", "generate", "/x"],
+])
+def test_unknown_flag_exits_2(cmd, tmp_path):
+    t0 = time.monotonic()
+    res = run(cmd, standin_env(tmp_path))
+    assert res.returncode == 2, res.stderr
+    assert "error" in res.stderr and time.monotonic() - t0 < 5
+    if cmd[0] == "text-generation-launcher" and "--bogus-flag" in cmd:
+        assert "unexpected argument '--bogus-flag' found" in res.stderr
+    if cmd[:2] == ["vllm", "serve"]:
+        assert "unrecognized arguments: --bogus-flag" in res.stderr
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+@pytest.mark.parametrize("problem", ["missing", "no-config"])
+def test_bad_model_path_exits_1_fast(engine, problem, tmp_path):
+    model = tmp_path / "model"
+    if problem == "no-config":
+        model.mkdir()
+        (model / "tokenizer.json").write_text("{}")
+    port = free_port()
+    cmd = (["text-generation-launcher", "--model-id", str(model), "--port", str(port)] if engine == "tgi"
+           else ["vllm", "serve", str(model), "--port", str(port)])
+    t0 = time.monotonic()
+    res = run(cmd, standin_env(tmp_path))
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 1, res.stderr
+    assert elapsed < 3, elapsed
+    assert ("config.json" in res.stderr) if problem == "no-config" else (str(model) in res.stderr)
+    with socket.socket() as s:  # nothing was left listening
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_vllm_taken_port_fails_before_loading(tiny_model, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        t0 = time.monotonic()
+        res = run(["vllm", "serve", str(tiny_model), "--host", "127.0.0.1", "--port", str(busy.getsockname()[1])],
+                  standin_env(tmp_path))
+    assert res.returncode == 1 and "Address already in use" in res.stderr, res.stderr
+    assert time.monotonic() - t0 < 3
+
+
+def test_tgi_taken_port_fails_after_loading(engines):
+    rc = engines.clash.wait(timeout=START_TIMEOUT)
+    err = engines.clash_err.read_text()
+    assert rc == 1 and "AddrInUse" in err and "Error: WebserverFailed" in err, err
+    assert "Shard ready" in err  # TGI binds its port only once the model is loaded
+
+
+def test_vllm_checks_lora_and_context_settings(tiny_model, tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 64, "peft_type": "LORA"}))
+    env = standin_env(tmp_path)
+    res = run(["vllm", "serve", str(tiny_model), "--enable-lora", "--lora-modules", f"a={adapter}"], env)
+    assert res.returncode == 1 and "LoRA rank 64 is greater than max_lora_rank 16" in res.stderr, res.stderr
+    res = run(["vllm", "serve", str(tiny_model), "--max-model-len", "4096"], env)
+    assert res.returncode == 1 and "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in res.stderr, res.stderr
+    res = run(["vllm", "serve", str(tiny_model), "-tp", "3"], env)
+    assert res.returncode == 1 and "must be divisible by tensor parallel size (3)" in res.stderr, res.stderr
+    res = run(["text-generation-launcher", "--model-id", str(tiny_model), "--max-input-tokens", "600",
+               "--max-total-tokens", "512"], env)
+    assert res.returncode == 1 and "ArgumentValidation" in res.stderr, res.stderr
+
+
+# --- the container runtime stand-in ---------------------------------------------------------------------
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    img = tmp_path / "tool.sif"
+    img.write_text("#!kit-standin runscript=bash -c 'echo run:$*' runscript\nenv IMAGE_VAR=from-image\n"
+                   "env PORT=80\n")
+    return img
+
+
+def test_runtime_versions(tmp_path):
+    env = standin_env(tmp_path)
+    assert run(["singularity", "--version"], env).stdout.strip() == "singularity-ce version 4.3.1"
+    assert run(["apptainer", "--version"], env).stdout.strip() == "apptainer version 1.4.0"
+    assert run(["singularity", "--version"], dict(env, KIT_STANDIN_RUNTIME_FLAVOR="apptainer")
+               ).stdout.strip() == "apptainer version 1.4.0"
+
+
+def test_runtime_translates_env_prefixes_and_logs_only_names(tmp_path, image):
+    log = tmp_path / "calls.jsonl"
+    env = standin_env(tmp_path, KIT_STANDIN_LOG=str(log), SINGULARITYENV_SECRET="s-value-1",
+                      APPTAINERENV_SECRET="a-value-2", APPTAINERENV_ONLY_A="a-only", PORT="1234",
+                      HOST_ONLY="host")
+    show = ["bash", "-c", 'echo "$SECRET|${ONLY_A-unset}|$PORT|$IMAGE_VAR|$HOST_ONLY|${SINGULARITYENV_SECRET-gone}"']
+    res = run(["singularity", "exec", "--nv", str(image), *show], env)
+    assert res.returncode == 0 and res.stdout.strip() == "s-value-1|unset|80|from-image|host|gone", res
+    res = run(["apptainer", "exec", "--env", "PORT=9999", str(image), *show], env)
+    assert res.returncode == 0 and res.stdout.strip() == "a-value-2|a-only|9999|from-image|host|gone", res
+    legacy_only = {k: v for k, v in env.items() if k != "APPTAINERENV_SECRET"}
+    res = run(["apptainer", "exec", str(image), "true"], legacy_only)
+    assert "DEPRECATED USAGE: Environment variable SINGULARITYENV_SECRET" in res.stderr
+    res = run(["singularity", "exec", "--cleanenv", str(image), *show], env)
+    assert res.stdout.strip() == "s-value-1|unset|80|from-image||gone"
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert calls[0]["argv"][:4] == ["singularity", "exec", "--nv", str(image)]
+    assert calls[0]["cwd"] == os.getcwd()
+    assert calls[0]["env_keys"] == ["APPTAINERENV_ONLY_A", "APPTAINERENV_SECRET", "SINGULARITYENV_SECRET"]
+    assert "value" not in log.read_text()
+
+
+def test_runtime_run_binds_and_paths(tmp_path, image):
+    data = tmp_path / "host-data"
+    data.mkdir()
+    env = standin_env(tmp_path, SINGULARITYENV_WHERE="/data/sub")
+    res = run(["singularity", "run", "-B", f"{data}:/data", "--pwd", "/data", str(image), "a", "/data/f"], env)
+    assert res.returncode == 0 and res.stdout.strip() == f"run:a {data}/f", res
+    res = run(["singularity", "exec", "--bind", f"{data}:/data:ro", str(image), "bash", "-c", 'echo "$WHERE|$PWD"'],
+              env, cwd=str(tmp_path))
+    assert res.stdout.strip() == f"{data}/sub|{tmp_path}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["exec", "{missing}", "true"], "could not open image"),
+    (["exec", "--bind", "/no/such/dir:/data", "{image}", "true"], "mount source /no/such/dir doesn't exist"),
+    (["exec", "--bogus", "{image}", "true"], "unknown flag: --bogus"),
+    (["exec", "{notimage}", "true"], "image format not recognized"),
+    (["exec", "{image}", "no-such-command-xyz"], "executable file not found"),
+])
+def test_runtime_failures(tmp_path, image, args, message):
+    notimage = tmp_path / "plain.txt"
+    notimage.write_text("hello\n")
+    args = [a.format(missing=tmp_path / "missing.sif", image=image, notimage=notimage) for a in args]
+    res = run(["singularity", *args], standin_env(tmp_path))
+    assert res.returncode == 255 and message in res.stderr, res.stderr
+
+
+# --- last: logs and SIGTERM -----------------------------------------------------------------------------
+
+def test_zz_sigterm_stops_engines_and_logs_hold_no_keys(engines):
+    e = engines
+    for proc in (e.tgi, e.vllm):
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)  # the runtime's PID is the engine's (exec all the way)
+    for proc in (e.tgi, e.vllm):
+        assert proc.wait(timeout=10) == 0
+    assert not (e.base / "tgi-uds-0").exists()
+    tgi_log, vllm_log = e.tgi_err.read_text(), e.vllm_err.read_text()
+    assert "Connected" in tgi_log and "signal received, starting graceful shutdown" in tgi_log
+    assert "Application startup complete." in vllm_log and "Finished server process" in vllm_log
+    assert '"POST /v1/chat/completions HTTP/1.1" 401' in vllm_log
+    # Like the real launcher, the stand-in TGI prints its Args line with the key in clear (kit's
+    # job script filters it out of the log); every other line, and vLLM's log, never holds it.
+    args_lines = [line for line in tgi_log.splitlines() if "Args {" in line]
+    assert len(args_lines) == 1 and f'api_key: Some("{TGI_KEY}")' in args_lines[0]
+    tgi_rest = "\n".join(line for line in tgi_log.splitlines() if "Args {" not in line)
+    for text in (tgi_rest, vllm_log, e.log.read_text()):
+        assert TGI_KEY not in text and VLLM_KEY not in text and "Bearer" not in text
+        assert TGI_KEY.lower() not in text.lower()
