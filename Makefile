@@ -42,9 +42,10 @@ slurm-down:
 test: setup-test slurm-up
 	$(BIN)/python -m pytest -q
 
-bench: setup-test
+bench: setup-test slurm-up
 	$(BIN)/python benchmarks/cli_latency.py
 	$(BIN)/python benchmarks/memory_accuracy.py
+	$(BIN)/python benchmarks/serve_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

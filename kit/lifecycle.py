@@ -90,7 +90,7 @@ def status(record: JobRecord, check_health: bool = True) -> Status:
     return Status(record, state, url, code)
 
 
-def wait(record: JobRecord, timeout: float, on_change=None, interval: float = 1.0) -> Status:
+def wait(record: JobRecord, timeout: float, on_change=None, interval: float = 0.5) -> Status:
     """Until /health answers 200. A job that ends, or stops itself, first is an error with the
     log tail and Slurm's reason; so is the timeout."""
     deadline = time.monotonic() + timeout

@@ -19,10 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
-
 from kitrun import kit
-from serving import ROOT, STANDIN
+from standin.site import standin_site
 
 pytestmark = pytest.mark.slurm
 
@@ -31,35 +29,8 @@ pytestmark = pytest.mark.slurm
 def serve_env(slurm_cluster, tmp_path_factory):
     """A user layer over the packaged quest site that points the runtime at the stand-ins."""
     base = tmp_path_factory.mktemp("serving")
-    from standin.tiny_model import build_tiny_chat_model
-
-    model = build_tiny_chat_model(base / "models" / "tiny-chat")
-    images = base / "images"
-    images.mkdir()
-    (images / "tgi-3.3.7.sif").write_text("#!kit-standin runscript=text-generation-launcher\n")
-    (images / "vllm-0.19.1.sif").write_text("#!kit-standin runscript=vllm serve\n")
-    xdg = base / "xdg"
-    (xdg / "kit" / "sites").mkdir(parents=True)
-    layer = {
-        "accounting": False,
-        "account": {"default": "p12345"},
-        "runtime": {"module": None, "binds": [], "cache_dir": str(base / "rt-cache"), "tmp_dir": str(base / "rt-tmp")},
-        "paths": {"image_dir": str(images), "scratch": str(base / "scratch"), "model_cache": str(base / "hf-cache"),
-                  "state_dir": str(base / "state")},
-        "network": {"port_range": [20000, 29999]},
-    }
-    (xdg / "kit" / "sites" / "quest.yaml").write_text(yaml.safe_dump(layer))
-    env = {
-        "XDG_CONFIG_HOME": str(xdg),
-        "KIT_STATE_DIR": str(base / "state"),
-        "KIT_SITE": "quest",
-        "PATH": f"{STANDIN / 'bin'}:{os.environ['PATH']}",
-        "KIT_STANDIN_PYTHON": sys.executable,
-        "KIT_STANDIN_LOG": str(base / "runtime.log"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    yield {"env": env, "model": model, "base": base, "images": images}
+    setup = standin_site(base)
+    yield setup
     for record in (base / "state" / "jobs").glob("*/record.json"):  # leave nothing running
         job_id = json.loads(record.read_text()).get("job_id")
         if job_id:

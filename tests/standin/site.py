@@ -1,0 +1,47 @@
+"""A site layer over the packaged quest config that runs jobs with the stand-ins (for the
+serving tests and benchmarks/serve_overhead.py)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+STANDIN = Path(__file__).resolve().parent
+ROOT = STANDIN.parents[1]
+
+
+def standin_site(base: Path) -> dict:
+    """Tiny model, stand-in images and a user site layer under ``base``; returns the environment
+    (to pass to `kit`) and the paths."""
+    from standin.tiny_model import build_tiny_chat_model
+
+    model = build_tiny_chat_model(base / "models" / "tiny-chat")
+    images = base / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    (images / "tgi-3.3.7.sif").write_text("#!kit-standin runscript=text-generation-launcher\n")
+    (images / "vllm-0.19.1.sif").write_text("#!kit-standin runscript=vllm serve\n")
+    xdg = base / "xdg"
+    (xdg / "kit" / "sites").mkdir(parents=True, exist_ok=True)
+    layer = {
+        "accounting": False,
+        "account": {"default": "p12345"},
+        "runtime": {"module": None, "binds": [], "cache_dir": str(base / "rt-cache"), "tmp_dir": str(base / "rt-tmp")},
+        "paths": {"image_dir": str(images), "scratch": str(base / "scratch"), "model_cache": str(base / "hf-cache"),
+                  "state_dir": str(base / "state")},
+        "network": {"port_range": [20000, 29999]},
+    }
+    (xdg / "kit" / "sites" / "quest.yaml").write_text(yaml.safe_dump(layer))
+    env = {
+        "XDG_CONFIG_HOME": str(xdg),
+        "KIT_STATE_DIR": str(base / "state"),
+        "KIT_SITE": "quest",
+        "PATH": f"{STANDIN / 'bin'}:{os.environ['PATH']}",
+        "KIT_STANDIN_PYTHON": sys.executable,
+        "KIT_STANDIN_LOG": str(base / "runtime.log"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    return {"env": env, "model": model, "base": base, "images": images}
