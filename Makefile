@@ -7,7 +7,9 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup setup-test demo test slurm-up slurm-down bench lint clean
+.PHONY: setup setup-test demo test slurm-up slurm-down bench images pull-images verify-images clean
+IMAGES := tgi vllm finetune weaviate tei
+SITE_ARGS := $(if $(SITE),--site $(SITE)) $(if $(ACCOUNT),--account $(ACCOUNT))
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,19 @@ bench: setup-test slurm-up
 	$(BIN)/python benchmarks/cli_latency.py
 	$(BIN)/python benchmarks/memory_accuracy.py
 	$(BIN)/python benchmarks/serve_overhead.py
+
+# Images (staff: on a host where the site's runtime and builds work; SITE=quest ACCOUNT=pXXXXX)
+images: setup
+	$(BIN)/kit images build all $(SITE_ARGS)
+
+$(addprefix image-,$(IMAGES)): image-%: setup
+	$(BIN)/kit images build $* $(SITE_ARGS)
+
+pull-images: setup
+	$(BIN)/kit images pull all $(SITE_ARGS)
+
+verify-images: setup
+	$(BIN)/kit images verify $(SITE_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -298,6 +298,10 @@ def serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_tokens
                    name=name, ready_timeout=ready_timeout)
     job = serve.build(site_obj, info, plan_result, account=account, time=time_limit, adapters=list(adapters),
                       name=name, ready_timeout_s=ready_timeout, request=request)
+    if not dry_run:  # the job runs only the image that matches the lock
+        from kit.images import verified_image
+
+        verified_image(site_obj, job.record["image_name"], account)
     for warning in job.warnings:
         click.echo(f"kit: warning: {warning}", err=True)
     if dry_run:
@@ -550,6 +554,151 @@ def bench_cmd(job, site, n_requests, concurrency, max_tokens, prompt, as_json):
             click.echo(f"{k:>15}: {v}")
     if result["errors"]:
         sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- images
+@cli.group()
+def images():
+    """Pinned container images: list, build, pull, verify, inspect, push, lock."""
+
+
+def image_names(name: str) -> list[str]:
+    from kit.images import load_lock
+
+    lock = load_lock()
+    if name == "all":
+        return list(lock.images)
+    lock.entry(name)
+    return [name]
+
+
+@images.command("list")
+@site_option
+@click.option("--account", help="fills {account} in the site's image directory")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def images_list(site, account, as_json):
+    """The images of the lock; with a site, whether each is present and verified."""
+    from kit import images as img
+
+    lock = img.load_lock()
+    site_obj = load_optional_site(site, account)
+    rows = []
+    for name, entry in lock.images.items():
+        row = {"image": name, "version": entry["version"], "upstream": entry["upstream"], "digest": entry["digest"],
+               "cuda": entry["cuda"], "sif": entry["sif"], "sif_sha256": entry["sif_sha256"]}
+        if site_obj is not None:
+            path = img.image_dir(site_obj, account) / entry["sif"]
+            row.update(path=str(path), local=img.verify_file(path, entry, name))
+        rows.append(row)
+    if as_json:
+        emit_json(rows)
+        return
+    from kit import output
+
+    output.images_table(rows, site_obj.name if site_obj else None)
+
+
+@images.command("build")
+@click.argument("name", metavar="NAME|all")
+@site_option
+@click.option("--account", help="fills {account} in the site's image directory")
+@click.option("--to", "to", help="output directory (default: the site's paths.image_dir)")
+@click.option("--force", is_flag=True, help="rebuild even when a verified image is present")
+def images_build(name, site, account, to, force):
+    """Build from containers/NAME.def with the site's runtime (--fakeroot) and record its sha256."""
+    from kit import images as img
+    from kit.sites import load_site
+
+    site_obj = load_site(site, account=account).site
+    for each in image_names(name):
+        path = img.build(site_obj, each, account=account, to=to, force=force)
+        click.echo(f"{each}: {path} sha256 {img.load_lock().entry(each)['sif_sha256']}")
+
+
+@images.command("pull")
+@click.argument("name", metavar="NAME|all")
+@site_option
+@click.option("--account", help="fills {account} in the site's image directory")
+@click.option("--from", "source", type=click.Choice(["auto", "shared", "registry"]), default="auto", show_default=True,
+              help="the site's shared image directory (copy) or its ORAS registry")
+@click.option("--ref", help="ORAS reference to pull instead of the site's (oras://HOST/PATH:TAG)")
+def images_pull(name, site, account, source, ref):
+    """Fetch a published image, verify its sha256 against the lock, then put it in place."""
+    from kit import images as img
+    from kit.sites import load_site
+
+    site_obj = load_site(site, account=account).site
+    for each in image_names(name):
+        path, what = img.pull(site_obj, each, account=account, source=source, ref=ref)
+        click.echo(f"{each}: {path}: {what}")
+
+
+@images.command("verify")
+@click.argument("name", required=False, metavar="[NAME]")
+@site_option
+@click.option("--account", help="fills {account} in the site's image directory")
+def images_verify(name, site, account):
+    """sha256 of the local images against the lock; exit 1 if one is missing or differs."""
+    from kit import images as img
+    from kit.sites import load_site
+
+    site_obj = load_site(site, account=account).site
+    lock = img.load_lock()
+    bad = 0
+    for each in image_names(name) if name else list(lock.images):
+        entry = lock.entry(each)
+        path = img.image_dir(site_obj, account) / entry["sif"]
+        state = img.verify_file(path, entry, each)
+        if name is None and state == "missing":
+            continue
+        bad += state != "verified"
+        click.echo(f"{each}: {state}: {path}")
+    if bad:
+        sys.exit(1)
+
+
+@images.command("inspect")
+@click.argument("name")
+@site_option
+@click.option("--account", help="fills {account} in the site's image directory")
+def images_inspect(name, site, account):
+    """Labels and the runtime's metadata of a local image."""
+    from kit import images as img
+    from kit.sites import load_site
+
+    emit_json(img.inspect(load_site(site, account=account).site, name, account))
+
+
+@images.command("push")
+@click.argument("name")
+@site_option
+@click.option("--account", help="fills {account} in the site's image directory")
+@click.option("--ref", help="ORAS reference (default: the site's images.registry/NAME:VERSION)")
+def images_push(name, site, account, ref):
+    """Push a verified local image to an ORAS registry."""
+    from kit import images as img
+    from kit.sites import load_site
+
+    target = img.push(load_site(site, account=account).site, name, account=account, ref=ref)
+    click.echo(f"{name}: pushed to {target}")
+
+
+@images.command("lock")
+@click.argument("names", nargs=-1, metavar="[NAME...]")
+@click.option("--sif", "sif", nargs=2, metavar="NAME FILE", help="record the sha256 of an image built elsewhere")
+def images_lock(names, sif):
+    """Resolve upstream digests (registry API) into the lock and the defs; or record a SIF."""
+    from pathlib import Path
+
+    from kit import images as img
+
+    if sif:
+        entry = img.record_external(sif[0], Path(sif[1]))
+        click.echo(f"{sif[0]}: sha256 {entry['sif_sha256']} ({entry['sif_size']} bytes) recorded in {img.lock_path()}")
+        return
+    chosen = [n for name in names for n in image_names(name)] or image_names("all")
+    for name, old, new in img.lock_digests(chosen):
+        click.echo(f"{name}: {new}" + ("" if old == new else f" (was {old})"))
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -172,3 +172,17 @@ def jobs_table(rows: list[dict]) -> None:
         table.add_row(str(r["job_id"]), r["name"], state, r["site"] or "", r["engine"] or "", r["model"] or "",
                       r["url"] or "-")
     console.print(table)
+
+
+def images_table(rows: list[dict], site: str | None) -> None:
+    table = Table(title="kit images" + (f" on {site}" if site else ""))
+    for col in ("image", "version", "upstream", "digest", "CUDA", "built sha256") + (("local",) if site else ()):
+        table.add_column(col)
+    for r in rows:
+        digest = r["digest"] if r["digest"] == "unresolved" else r["digest"][:19] + "..."
+        cells = [r["image"], str(r["version"]), r["upstream"], digest, str(r["cuda"] or "-"),
+                 (r["sif_sha256"] or "not built")[:12]]
+        if site:
+            cells.append(r["local"])
+        table.add_row(*cells)
+    console.print(table)

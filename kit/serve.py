@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from kit import __version__, jobs, render, slurm
+from kit import __version__, images, jobs, render, slurm
 from kit.errors import KitError
 from kit.models.resolve import HUB_ID, ModelInfo
 from kit.plan import engines
@@ -165,7 +165,13 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
     env.update({k: str(cache / sub) for k, sub in engine["serve"]["writable_env"].items()})
     if place["offline"]:
         env["HF_HUB_OFFLINE"] = "1"  # exactly "1": TGI's router checks == "1" (containers.md §1.2)
-    image = Path(expand_user_path(site.paths.image_dir, account)) / engine["serve"]["image_file"]
+    image_entry = images.load_lock().entry(engine["serve"]["image"])
+    image = images.image_dir(site, account) / image_entry["sif"]
+    cuda_error, cuda_warning = images.cuda_problem(image_entry, site)
+    if cuda_error:
+        raise KitError(f"{engine['label']} {engine['version']}: {cuda_error}")
+    if cuda_warning:
+        warnings.append(f"{engine['label']} {engine['version']}: {cuda_warning}")
     cpus, mem = host_resources(site, plan)
 
     directives = [
@@ -225,7 +231,10 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         "model_arg": place["arg"],
         "adapters": [a["name"] for a in adapter_list],
         "image": str(image),
-        "image_digest": None,  # filled from images.lock once images are managed by kit
+        "image_name": engine["serve"]["image"],
+        "image_sha256": image_entry["sif_sha256"],
+        "image_upstream": image_entry["upstream"],
+        "image_digest": image_entry["digest"],
         "time": limit,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "kit_version": __version__,

@@ -130,6 +130,17 @@ class Network(Strict):
             raise ValueError("port_range must be [low, high] with 1024 < low < high <= 65535")
 
 
+class Images(Strict):
+    """Where labs get the images staff published (`kit images pull`)."""
+
+    shared_dir: str | None = None  # a directory of published SIFs on the cluster (copied)
+    registry: str | None = None  # oras://HOST/NAMESPACE: images are NAMESPACE/NAME:VERSION
+
+    def __post_init__(self):
+        if self.registry is not None and not re.match(r"^oras://[^/\s]+/\S+$", self.registry):
+            raise ValueError(f"registry {self.registry!r} must look like oras://HOST/NAMESPACE")
+
+
 class Sbatch(Strict):
     """Directives the site adds to, or removes from, every rendered job."""
 
@@ -152,6 +163,7 @@ class Site(Strict):
     description: str = ""
     accounting: bool = False  # whether sacct works (slurmdbd configured)
     sbatch: Sbatch = Sbatch()
+    images: Images = Images()
     assumed: dict[str, str] = {}  # key path -> why the value is assumed; staff verify these
 
     def __post_init__(self):

@@ -3,6 +3,7 @@ serving tests and benchmarks/serve_overhead.py)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,13 @@ def standin_site(base: Path) -> dict:
     images.mkdir(parents=True, exist_ok=True)
     (images / "tgi-3.3.7.sif").write_text("#!kit-standin runscript=text-generation-launcher\n")
     (images / "vllm-0.19.1.sif").write_text("#!kit-standin runscript=vllm serve\n")
+    # A lock that knows these stand-in images' checksums, as staff's build would record them.
+    lock = yaml.safe_load((ROOT / "containers" / "images.lock").read_text())
+    for name, entry in lock["images"].items():
+        sif = images / entry["sif"]
+        if sif.is_file():
+            entry.update(sif_sha256=hashlib.sha256(sif.read_bytes()).hexdigest(), sif_size=sif.stat().st_size)
+    (base / "images.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     xdg = base / "xdg"
     (xdg / "kit" / "sites").mkdir(parents=True, exist_ok=True)
     layer = {
@@ -43,5 +51,6 @@ def standin_site(base: Path) -> dict:
         "KIT_STANDIN_LOG": str(base / "runtime.log"),
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": str(ROOT),
+        "KIT_IMAGES_LOCK": str(base / "images.lock"),
     }
     return {"env": env, "model": model, "base": base, "images": images}
