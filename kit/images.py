@@ -1,10 +1,14 @@
 """Container images: the lock file, the definition files, and build/pull/verify/push/inspect.
 
 The lock (containers/images.lock, or $KIT_IMAGES_LOCK) pins each image's upstream reference
-and digest and, once built, the SIF's sha256. spython drives the runtime (build, pull,
-inspect, version); it only ever calls a binary named `singularity`, so on an Apptainer-only
-site kit puts a `singularity` link to `apptainer` first on PATH for it. spython has no push:
-kit calls the runtime for that itself.
+and digest and, once built, the SIF's sha256.
+
+spython parses the definition files and drives `version` and `inspect`. It only ever calls a
+binary named `singularity`, so on an Apptainer-only site kit puts a `singularity` link to
+`apptainer` first on PATH for it. Where spython falls short, kit calls the runtime itself:
+spython 0.3.14 has no push, and its `build` and `pull` ignore the command's exit status (build
+returns the image path whenever a file is there, pull always returns the path, and neither
+keeps the runtime's error), so a failed or partial build or pull would pass unnoticed.
 """
 
 from __future__ import annotations
@@ -333,17 +337,14 @@ def build(site, name: str, *, account: str | None = None, to: str | None = None,
     if out.exists() and not force and verify_file(out, entry, name) == "verified":
         return out
     partial = out_dir / f".{entry['sif']}.partial-{os.getpid()}"
-    from spython.main import Client
-
     try:
         with spython_env(site, runtime, account):
+            version = runtime_version()
             # %files paths in the defs are relative to the repository root.
-            with _cwd(lock.path.parent.parent):
-                result = Client.build(recipe=str(definition.path), image=str(partial), sudo=False,
-                                      options=["--fakeroot"], force=True, quiet=True, return_result=True)
-                version = runtime_version()
-        if not partial.is_file() or _failed(result):
-            raise KitError(f"building {name} failed: {_result_text(result)}")
+            call_runtime(runtime, ["build", "--fakeroot", "--force", str(partial), str(definition.path)],
+                         f"building {name}", cwd=lock.path.parent.parent)
+        if not partial.is_file():
+            raise KitError(f"building {name} failed: the runtime wrote no image")
         partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)
@@ -351,26 +352,18 @@ def build(site, name: str, *, account: str | None = None, to: str | None = None,
     return out
 
 
-@contextlib.contextmanager
-def _cwd(path: Path):
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
+def call_runtime(runtime: str, args: list[str], what: str, cwd: Path | None = None) -> str:
+    """Run the runtime; a failure is one KitError with its FATAL/ERROR line."""
+    proc = subprocess.run([runtime, *args], capture_output=True, text=True, cwd=cwd, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise KitError(f"{what} failed: {runtime_error(proc.stderr or proc.stdout)}")
+    return proc.stdout
 
 
-def _failed(result) -> bool:
-    return isinstance(result, dict) and result.get("return_code", 0) != 0
-
-
-def _result_text(result) -> str:
-    if isinstance(result, dict):
-        lines = [line.strip() for line in result.get("message", []) if isinstance(line, str) and line.strip()]
-        fatal = [line for line in lines if "FATAL" in line or "ERROR" in line]
-        return (fatal or lines or ["no output"])[-1]
-    return str(result).strip().splitlines()[-1] if result else "no output"
+def runtime_error(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    fatal = [line for line in lines if line.startswith(("FATAL", "ERROR"))]
+    return re.sub(r"\s+", " ", (fatal or lines or ["no output"])[-1])
 
 
 def registry_ref(site, entry: dict, name: str, ref: str | None) -> str:
@@ -408,12 +401,10 @@ def pull(site, name: str, *, account: str | None = None, source: str = "auto", r
         else:
             origin = registry_ref(site, entry, name, ref)
             runtime = runtime_binary(site)
-            from spython.main import Client
-
             with spython_env(site, runtime, account):
-                result = Client.pull(origin, name=partial.name, pull_folder=str(out_dir), force=True, quiet=True)
-            if not partial.is_file() or _failed(result):
-                raise KitError(f"pulling {origin} failed: {_result_text(result)}")
+                call_runtime(runtime, ["pull", "--force", "--name", str(partial), origin], f"pulling {origin}")
+            if not partial.is_file():
+                raise KitError(f"pulling {origin} failed: the runtime wrote no image")
         actual = sha256_of(partial)
         if actual != entry["sif_sha256"]:
             raise KitError(f"{origin}: sha256 {actual} does not match {lock.path} ({entry['sif_sha256']}); "
@@ -434,10 +425,7 @@ def push(site, name: str, *, account: str | None = None, ref: str | None = None)
     if state != "verified":
         raise KitError(f"{path}: {state}; only an image that matches {lock.path} is pushed")
     runtime = runtime_binary(site)
-    # spython has no push: the runtime is called directly.
-    proc = subprocess.run([runtime, "push", str(path), target], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise KitError(f"push to {target} failed: {_result_text({'message': proc.stderr.splitlines(), 'return_code': 1})}")
+    call_runtime(runtime, ["push", str(path), target], f"push to {target}")  # spython has no push
     return target
 
 
@@ -452,9 +440,11 @@ def inspect(site, name: str, account: str | None = None) -> dict:
 
     with spython_env(site, runtime, account):
         info = Client.inspect(str(path), quiet=True)
-    if not isinstance(info, dict):
-        raise KitError(f"{Path(runtime).name} inspect {path} failed: {info}")
-    attributes = info.get("data", {}).get("attributes", info.get("attributes", info))
+    # spython returns the JSON's "data" ({"attributes": ...}), or {"message", "return_code"} on failure.
+    if not isinstance(info, dict) or "return_code" in info:
+        message = "\n".join(info.get("message", [])) if isinstance(info, dict) else str(info)
+        raise KitError(f"{Path(runtime).name} inspect {path} failed: {runtime_error(message)}")
+    attributes = info.get("attributes", {})
     return {"image": name, "path": str(path), "lock": entry, "verified": verify_file(path, entry, name),
             "labels": attributes.get("labels", {}), "runtime": attributes}
 

@@ -8,6 +8,7 @@ with SIGTERM by the last test.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -43,7 +44,10 @@ def standin_env(base: Path | None = None, **extra) -> dict:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["KIT_STANDIN_PYTHON"] = sys.executable
     env["HF_HUB_OFFLINE"] = "1"
-    for name in ("API_KEY", "VLLM_API_KEY", "PORT", "HOSTNAME", "KIT_STANDIN_RUNTIME_FLAVOR"):
+    for name in ("API_KEY", "VLLM_API_KEY", "PORT", "HOSTNAME", "KIT_STANDIN_RUNTIME_FLAVOR", "KIT_STANDIN_LOG",
+                 "KIT_STANDIN_ORAS_ROOT", "KIT_STANDIN_PULL_FAIL_AFTER", "KIT_STANDIN_PULL_CORRUPT",
+                 "KIT_STANDIN_NO_FAKEROOT", "SINGULARITY_CACHEDIR", "SINGULARITY_TMPDIR", "APPTAINER_CACHEDIR",
+                 "APPTAINER_TMPDIR", "SINGULARITY_FAKEROOT", "APPTAINER_FAKEROOT"):
         env.pop(name, None)
     for name in [k for k in env if k.startswith(("SINGULARITYENV_", "APPTAINERENV_"))]:
         env.pop(name)
@@ -442,6 +446,216 @@ def test_runtime_failures(tmp_path, image, args, message):
     args = [a.format(missing=tmp_path / "missing.sif", image=image, notimage=notimage) for a in args]
     res = run(["singularity", *args], standin_env(tmp_path))
     assert res.returncode == 255 and message in res.stderr, res.stderr
+
+
+# --- the container runtime stand-in: image commands (build, pull, push, inspect) -------------------------
+
+DEF = """# rendered by kit
+Bootstrap: docker
+From: ghcr.io/huggingface/text-generation-inference:3.3.7
+
+%labels
+    kit.engine tgi
+    kit.version 0.1.0
+
+%environment
+    export HF_HOME=/data/hf
+
+%runscript
+    echo "run:$HF_HOME:$*"
+
+%test
+    text-generation-launcher --version
+
+%help
+    TGI for kit.
+"""
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A def file, a registry directory, cache and tmp dirs, and the stand-in's environment for them."""
+    class Images:
+        pass
+
+    i = Images()
+    i.dir = tmp_path
+    i.deffile = tmp_path / "tgi.def"
+    i.deffile.write_text(DEF)
+    i.registry, i.cache, i.tmp = tmp_path / "registry", tmp_path / "cache", tmp_path / "tmp"
+    i.tmp.mkdir()
+    i.log = tmp_path / "calls.jsonl"
+    i.env = standin_env(tmp_path, KIT_STANDIN_LOG=str(i.log), KIT_STANDIN_ORAS_ROOT=str(i.registry),
+                        SINGULARITY_CACHEDIR=str(i.cache), SINGULARITY_TMPDIR=str(i.tmp))
+    return i
+
+
+def test_runtime_build_is_deterministic_and_runs(images):
+    out = images.dir / "tgi.sif"
+    res = run(["singularity", "build", "--fakeroot", str(out), str(images.deffile)], images.env)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.startswith("INFO:    Starting build...\n")
+    assert "INFO:    Creating SIF file...\n" in res.stderr and res.stderr.endswith(f"INFO:    Build complete: {out}\n")
+    first, meta, body = out.read_text().split("\n", 2)
+    assert first == "#!kit-standin image" and body == DEF
+    assert json.loads(meta) == {"labels": {"kit.engine": "tgi", "kit.version": "0.1.0"},
+                                "from": "ghcr.io/huggingface/text-generation-inference:3.3.7",
+                                "def_sha256": hashlib.sha256(DEF.encode()).hexdigest()}
+    # Same def, same bytes (also through apptainer, with --force over an existing file).
+    again = images.dir / "again.sif"
+    again.write_text("old")
+    res = run(["apptainer", "build", "--force", "--notest", "--fakeroot", str(again), str(images.deffile)], images.env)
+    assert res.returncode == 0 and again.read_bytes() == out.read_bytes(), res.stderr
+    assert "DEPRECATED USAGE: Environment variable SINGULARITY_CACHEDIR" in res.stderr
+    assert (images.cache / "kit-standin-cache.log").read_text().count("build ") == 2
+    assert (images.tmp / "kit-standin-tmp.log").read_text().count("build ") == 2
+    # The built image runs: %runscript with "$@", %environment as the image's ENV.
+    res = run(["singularity", "run", str(out), "a", "b"], images.env)
+    assert res.returncode == 0 and res.stdout == "run:/data/hf:a b\n", res.stderr
+    calls = [json.loads(line) for line in images.log.read_text().splitlines()]
+    assert calls[0]["argv"] == ["singularity", "build", "--fakeroot", str(out), str(images.deffile)]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing-def", "unable to open file"),
+    ("no-bootstrap", "the first keyword must be 'Bootstrap:'"),
+    ("exists", "already exists. Use --force if you want to overwrite it"),
+    ("no-fakeroot", "could not use fakeroot: no mapping entry found in /etc/subuid for "),
+    ("bad-flag", "unknown flag: --bogus"),
+    ("no-tmpdir", "stat /no/such/tmp: no such file or directory"),
+])
+def test_runtime_build_failures(images, case, message):
+    out, deffile, env, extra = images.dir / "out.sif", images.deffile, images.env, []
+    if case == "missing-def":
+        deffile = images.dir / "missing.def"
+    elif case == "no-bootstrap":
+        deffile.write_text("From: ubuntu:24.04\nBootstrap: docker\n")
+    elif case == "exists":
+        out.write_text("previous image")
+    elif case == "no-fakeroot":
+        env = dict(env, KIT_STANDIN_NO_FAKEROOT="1")
+    elif case == "bad-flag":
+        extra = ["--bogus"]
+    elif case == "no-tmpdir":
+        env = dict(env, SINGULARITY_TMPDIR="/no/such/tmp")
+    res = run(["singularity", "build", "--fakeroot", *extra, str(out), str(deffile)], env)
+    assert res.returncode == 255 and message in res.stderr, res.stderr
+    assert out.read_text() == "previous image" if case == "exists" else not out.exists()
+
+
+def test_runtime_push_pull_and_inspect(images):
+    sif = images.dir / "tgi.sif"
+    assert run(["singularity", "build", "--fakeroot", str(sif), str(images.deffile)], images.env).returncode == 0
+    res = run(["singularity", "push", str(sif), "oras://registry.example:5000/kit/tgi:1.0"], images.env)
+    assert res.returncode == 0 and res.stderr.strip().endswith("INFO:    Upload complete"), res.stderr
+    stored = images.registry / "registry.example:5000" / "kit" / "tgi" / "1.0.sif"
+    assert stored.read_bytes() == sif.read_bytes()
+    # pull: --name (spython's form), a positional OUT, by digest; an existing file needs --force.
+    pulled = images.dir / "pulled"
+    pulled.mkdir()
+    digest = hashlib.sha256(sif.read_bytes()).hexdigest()
+    for args in (["--name", str(pulled / "a.sif"), "oras://registry.example:5000/kit/tgi:1.0"],
+                 [str(pulled / "b.sif"), "oras://registry.example:5000/kit/tgi:1.0"],
+                 ["--name", str(pulled / "c.sif"), f"oras://registry.example:5000/kit/tgi@sha256:{digest}"],
+                 ["--name", str(pulled / "a.sif"), "--force", "oras://registry.example:5000/kit/tgi:1.0"]):
+        res = run(["singularity", "pull", *args], images.env)
+        assert res.returncode == 0, res.stderr
+    assert all((pulled / f"{n}.sif").read_bytes() == sif.read_bytes() for n in "abc")
+    res = run(["singularity", "pull", "--name", str(pulled / "a.sif"), "oras://registry.example:5000/kit/tgi:1.0"],
+              images.env)
+    assert res.returncode == 255 and "Image file already exists" in res.stderr
+    # docker:// refs are normalized (docker.io/library/..., tag latest) and named like the real pull.
+    docker = images.registry / "docker" / "docker.io" / "library" / "ubuntu"
+    docker.mkdir(parents=True)
+    (docker / "latest.sif").write_bytes(sif.read_bytes())
+    res = run(["apptainer", "pull", "docker://ubuntu"], images.env, cwd=str(pulled))
+    assert res.returncode == 0 and (pulled / "ubuntu_latest.sif").read_bytes() == sif.read_bytes(), res.stderr
+    # inspect: the real JSON shape, labels with the runtime's own, the sections from the def.
+    res = run(["singularity", "inspect", "-e", "-d", "-l", "-r", "-H", "-t", "--json", str(pulled / "a.sif")],
+              images.env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["type"] == "container" and list(out) == ["data", "type"] and list(out["data"]) == ["attributes"]
+    attrs = out["data"]["attributes"]
+    assert attrs["labels"]["kit.engine"] == "tgi" and attrs["labels"]["kit.version"] == "0.1.0"
+    assert attrs["labels"]["org.label-schema.usage.singularity.deffile.from"] == \
+        "ghcr.io/huggingface/text-generation-inference:3.3.7"
+    assert attrs["labels"]["org.label-schema.usage.singularity.version"] == "4.3.1"
+    assert attrs["deffile"] == DEF and attrs["runscript"] == '#!/bin/sh\n\n    echo "run:$HF_HOME:$*"'
+    assert attrs["test"] == "#!/bin/sh\n\n    text-generation-launcher --version"
+    assert attrs["helpfile"] == "    TGI for kit."
+    assert attrs["environment"] == {"/.singularity.d/env/90-environment.sh": "#!/bin/sh\n\n    export HF_HOME=/data/hf"}
+    res = run(["apptainer", "inspect", str(sif)], images.env)  # default: labels as text
+    assert "kit.engine: tgi\n" in res.stdout and "org.label-schema.usage.apptainer.version: 1.4.0\n" in res.stdout
+    assert "kit-standin-cache.log" in os.listdir(images.cache)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pull", "--name", "{d}/x.sif", "oras://registry.example/kit/none:1"], "manifest unknown"),
+    (["pull", "--name", "{d}/x.sif", "docker://ghcr.io/kit/none:1"], "manifest unknown"),
+    (["push", "{d}/tgi.sif", "oras://registry.example/kit/tgi"], "no tag"),
+    (["push", "{d}/missing.sif", "oras://registry.example/kit/tgi:1"], "no such file or directory"),
+    (["push", "{d}/tgi.def", "oras://registry.example/kit/tgi:1"], "image format not recognized"),
+    (["inspect", "{d}/tgi.def"], "Failed to open image"),
+    (["inspect", "{d}/missing.sif"], "no such file or directory"),
+])
+def test_runtime_image_command_failures(images, args, message):
+    (images.dir / "tgi.sif").write_text("#!kit-standin image\n{}\n")
+    res = run(["singularity", *[a.format(d=images.dir) for a in args]], images.env)
+    assert res.returncode == 255 and res.stderr.startswith("FATAL:   ") and message in res.stderr, res.stderr
+    assert not (images.dir / "x.sif").exists() and not (images.registry / "registry.example").exists()
+
+
+def test_runtime_pull_failure_injection(images):
+    artifact = images.registry / "registry.example" / "kit" / "tgi" / "1.0.sif"
+    artifact.parent.mkdir(parents=True)
+    data = b"#!kit-standin image\n{}\n" + bytes(range(256)) * 8
+    artifact.write_bytes(data)
+    dest = images.dir / "x.sif"
+    cmd = ["singularity", "pull", "--name", str(dest), "oras://registry.example/kit/tgi:1.0"]
+    res = run(cmd, dict(images.env, KIT_STANDIN_PULL_FAIL_AFTER="100"))
+    assert res.returncode == 255 and "connection reset by peer" in res.stderr, res.stderr
+    assert dest.read_bytes() == data[:100]  # the partial file is left behind: kit must clean up
+    dest.unlink()
+    res = run(cmd, dict(images.env, KIT_STANDIN_PULL_CORRUPT="1"))
+    got = dest.read_bytes()
+    assert res.returncode == 0 and len(got) == len(data), res.stderr
+    assert [i for i in range(len(data)) if got[i] != data[i]] == [len(data) - 1]
+    assert hashlib.sha256(got).hexdigest() != hashlib.sha256(data).hexdigest()
+
+
+def test_spython_client_drives_the_stand_in(images, monkeypatch, capsys):
+    """spython 0.3.14's argv, return values and (lack of) failure reporting, as kit will meet them."""
+    from spython.main import Client
+
+    for k, v in images.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("KIT_STANDIN_PYTHON", sys.executable)
+    out = str(images.dir / "tgi.sif")
+    assert Client.version() == "singularity-ce version 4.3.1"
+    assert Client.build(recipe=str(images.deffile), image=out, sudo=False, options=["--fakeroot"]) == out
+    assert Client.inspect(out)["attributes"]["labels"]["kit.engine"] == "tgi"
+    assert Client.pull("oras://host/ns/img:tag", name="x.sif", pull_folder=str(images.dir)) == \
+        str(images.dir / "x.sif")  # returned although the pull failed (manifest unknown) ...
+    assert not (images.dir / "x.sif").exists()  # ... so kit must check the file itself
+    # A failing build returns the path whenever a file is there (here: the image of the first build).
+    assert Client.build(recipe=str(images.deffile), image=out, sudo=False, options=["--fakeroot"]) == out
+    assert Client.build(recipe=str(images.dir / "no.def"), image=str(images.dir / "n.sif"), sudo=False) is None
+    failed = Client.inspect(str(images.deffile))  # no exception: the result dict of the failed command
+    assert failed["return_code"] == 255 and "Failed to open image" in failed["message"][0]
+    printed = capsys.readouterr().out
+    # spython echoes the command and the runtime's stderr (twice) on stdout.
+    assert printed.count("already exists. Use --force") == 2 and "manifest unknown" in printed
+    calls = [json.loads(line)["argv"] for line in images.log.read_text().splitlines()]
+    assert [c for c in calls if c[1] != "--version"] == [
+        ["singularity", "build", "--fakeroot", out, str(images.deffile)],
+        ["singularity", "inspect", "-e", "-d", "-l", "-r", "-H", "-t", "--json", out],
+        ["singularity", "pull", "--name", str(images.dir / "x.sif"), "oras://host/ns/img:tag"],
+        ["singularity", "build", "--fakeroot", out, str(images.deffile)],
+        ["singularity", "build", str(images.dir / "n.sif"), str(images.dir / "no.def")],
+        ["singularity", "inspect", "-e", "-d", "-l", "-r", "-H", "-t", "--json", str(images.deffile)],
+    ]
+    assert calls.count(["singularity", "--version"]) == 7  # version() and every command's check_install()
 
 
 # --- last: logs and SIGTERM -----------------------------------------------------------------------------

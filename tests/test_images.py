@@ -1,0 +1,311 @@
+"""Images: the definition files and the lock, and `kit images` against a stand-in runtime
+(tests/standin/runtime.py, which records every command line) and a stand-in registry."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fakeregistry import FakeRegistry
+from kit.images import check_agreement, load_lock, parse_def
+from kitrun import kit
+
+ROOT = Path(__file__).resolve().parents[1]
+STANDIN_BIN = ROOT / "tests" / "standin" / "bin"
+PACKAGED = load_lock(ROOT / "containers" / "images.lock")
+
+
+@pytest.mark.parametrize("name", list(PACKAGED.images))
+def test_every_def_parses_agrees_with_the_lock_and_pins_an_exact_version(name):
+    definition = check_agreement(PACKAGED, name)
+    text = definition.path.read_text()
+    assert "latest" not in text.lower()
+    entry = PACKAGED.entry(name)
+    tag = entry["upstream"].rsplit(":", 1)[1]
+    assert re.search(r"\d+\.\d+\.\d+", tag), f"{tag}: not an exact version"
+    assert name == "finetune" or str(entry["version"]) in tag  # finetune is kit's own image, on a pinned base
+    assert definition.labels["org.kit.image"] == name and entry["sif"].startswith(f"{name}-")
+
+
+def test_a_def_without_labels_is_refused(tmp_path):
+    bad = tmp_path / "x.def"
+    bad.write_text((ROOT / "containers" / "tgi.def").read_text().replace("%labels", "%post\n    true\n%oldlabels", 1))
+    with pytest.raises(Exception, match="unknown section %oldlabels"):
+        parse_def(bad)
+    bad.write_text("\n".join(line for line in (ROOT / "containers" / "vllm.def").read_text().splitlines()
+                             if not line.startswith("%labels") and "org.kit." not in line))
+    with pytest.raises(Exception, match="no %labels section"):
+        parse_def(bad)
+
+
+@pytest.fixture
+def images_env(tmp_path):
+    """A copy of containers/, a site layer whose runtime is the stand-in, a registry directory."""
+    repo = tmp_path / "repo"
+    shutil.copytree(ROOT / "containers", repo / "containers")
+    xdg = tmp_path / "xdg"
+    (xdg / "kit" / "sites").mkdir(parents=True)
+    layer = {
+        "account": {"default": "p12345"},
+        "runtime": {"fakeroot": True, "cache_dir": str(tmp_path / "cache"), "tmp_dir": str(tmp_path / "tmp")},
+        "paths": {"image_dir": str(tmp_path / "images")},
+        "images": {"shared_dir": str(tmp_path / "shared"), "registry": "oras://registry.example.org/kit"},
+    }
+    (xdg / "kit" / "sites" / "quest.yaml").write_text(yaml.safe_dump(layer))
+    (tmp_path / "tmp").mkdir()
+    env = {
+        "XDG_CONFIG_HOME": str(xdg),
+        "KIT_SITE": "quest",
+        "KIT_IMAGES_LOCK": str(repo / "containers" / "images.lock"),
+        "PATH": f"{STANDIN_BIN}:{os.environ['PATH']}",
+        "KIT_STANDIN_LOG": str(tmp_path / "runtime.log"),
+        "KIT_STANDIN_ORAS_ROOT": str(tmp_path / "oras"),
+        "KIT_STANDIN_PYTHON": os.environ.get("KIT_STANDIN_PYTHON", ""),
+    }
+    return {"env": env, "tmp": tmp_path, "lock": repo / "containers" / "images.lock", "images": tmp_path / "images"}
+
+
+def kit_images(images_env, *args, **extra):
+    return kit("images", *args, env=dict(images_env["env"], **extra))
+
+
+def calls(images_env) -> list[list[str]]:
+    log = Path(images_env["env"]["KIT_STANDIN_LOG"])
+    return [json.loads(line)["argv"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def lock_entry(images_env, name):
+    return yaml.safe_load(images_env["lock"].read_text())["images"][name]
+
+
+def snapshot(images_env) -> dict:
+    files = sorted(p for p in images_env["tmp"].rglob("*")  # not the stand-in's own call logs
+                   if p.is_file() and p.name != "runtime.log" and not p.name.startswith("kit-standin-"))
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_build_runs_the_runtime_and_records_the_sif(images_env):
+    r = kit_images(images_env, "build", "tgi")
+    assert r.code == 0, r.err
+    sif = images_env["images"] / "tgi-3.3.7.sif"
+    entry = lock_entry(images_env, "tgi")
+    assert entry["sif_sha256"] == hashlib.sha256(sif.read_bytes()).hexdigest() and entry["sif_size"] == sif.stat().st_size
+    assert entry["runtime_version"] == "singularity-ce version 4.3.1" and entry["built"]
+    build = next(c for c in calls(images_env) if "build" in c)
+    assert build[1:4] == ["build", "--fakeroot", "--force"]
+    assert build[4].startswith(str(images_env["images"] / ".tgi-3.3.7.sif.partial-"))
+    assert build[5] == str(images_env["lock"].parent / "tgi.def")
+    assert (images_env["tmp"] / "cache" / "kit-standin-cache.log").exists()  # the site's cache dir was used
+    assert not list(images_env["images"].glob(".*partial*"))
+    before = len(calls(images_env))
+    again = kit_images(images_env, "build", "tgi")
+    assert again.code == 0 and not any("build" in c for c in calls(images_env)[before:]), "a verified image is kept"
+
+
+def test_build_where_the_site_allows_no_fakeroot(images_env):
+    site_file = Path(images_env["env"]["XDG_CONFIG_HOME"]) / "kit" / "sites" / "quest.yaml"
+    layer = yaml.safe_load(site_file.read_text())
+    layer["runtime"]["fakeroot"] = False
+    site_file.write_text(yaml.safe_dump(layer))
+    before = snapshot(images_env)
+    r = kit_images(images_env, "build", "vllm")
+    assert r.code != 0 and "does not allow unprivileged builds" in r.error_line and "kit images push vllm" in r.error_line
+    assert snapshot(images_env) == before
+
+
+def test_build_failure_in_the_runtime_is_reported_and_leaves_nothing(images_env):
+    before = snapshot(images_env)
+    r = kit_images(images_env, "build", "tgi", KIT_STANDIN_NO_FAKEROOT="1")
+    assert r.code != 0 and "could not use fakeroot" in r.error_line
+    assert not images_env["images"].exists() or not list(images_env["images"].iterdir())
+    assert snapshot(images_env) == before
+
+
+def test_no_runtime_on_path_names_the_module(images_env):
+    r = kit_images(images_env, "build", "tgi", PATH="/usr/bin:/bin")
+    assert r.code != 0 and "module load singularityce/4.3.1-gcc-8.5.0" in r.error_line
+
+
+def publish(images_env, name="tgi"):
+    """Staff's side: build, then put the image in the shared dir and push it to the registry."""
+    assert kit_images(images_env, "build", name).code == 0
+    shared = images_env["tmp"] / "shared"
+    shared.mkdir(exist_ok=True)
+    sif = images_env["images"] / lock_entry(images_env, name)["sif"]
+    shutil.copy(sif, shared / sif.name)
+    r = kit_images(images_env, "push", name)
+    assert r.code == 0 and "oras://registry.example.org/kit/tgi:3.3.7" in r.out, r.err
+    sif.unlink()  # the lab's own image dir starts empty
+    return shared / sif.name
+
+
+def test_push_puts_the_image_in_the_registry(images_env):
+    publish(images_env)
+    artifact = images_env["tmp"] / "oras" / "registry.example.org" / "kit" / "tgi" / "3.3.7.sif"
+    assert artifact.is_file()
+    assert hashlib.sha256(artifact.read_bytes()).hexdigest() == lock_entry(images_env, "tgi")["sif_sha256"]
+    push = next(c for c in calls(images_env) if "push" in c)
+    assert push[1:] == ["push", str(images_env["images"] / "tgi-3.3.7.sif"), "oras://registry.example.org/kit/tgi:3.3.7"]
+
+
+def test_pull_from_the_shared_dir_and_from_the_registry(images_env):
+    publish(images_env)
+    r = kit_images(images_env, "pull", "tgi")
+    assert r.code == 0 and "pulled from" in r.out and str(images_env["tmp"] / "shared") in r.out
+    (images_env["images"] / "tgi-3.3.7.sif").unlink()
+    r = kit_images(images_env, "pull", "tgi", "--from", "registry")
+    assert r.code == 0 and "oras://registry.example.org/kit/tgi:3.3.7" in r.out, r.err
+    pull = next(c for c in calls(images_env) if "pull" in c)
+    assert pull[1:4] == ["pull", "--force", "--name"] and pull[-1] == "oras://registry.example.org/kit/tgi:3.3.7"
+    assert kit_images(images_env, "verify", "tgi").code == 0
+
+
+def test_an_image_already_present_is_not_fetched_again(images_env):
+    publish(images_env)
+    assert kit_images(images_env, "pull", "tgi", "--from", "registry").code == 0
+    before = len(calls(images_env))
+    r = kit_images(images_env, "pull", "tgi", "--from", "registry")
+    assert r.code == 0 and "already present and verified" in r.out
+    assert not any("pull" in c for c in calls(images_env)[before:])
+
+
+def test_a_checksum_mismatch_is_rejected_with_nothing_left(images_env):
+    publish(images_env)
+    before = snapshot(images_env)
+    r = kit_images(images_env, "pull", "tgi", "--from", "registry", KIT_STANDIN_PULL_CORRUPT="1")
+    expected = lock_entry(images_env, "tgi")["sif_sha256"]
+    assert r.code != 0 and "does not match" in r.error_line and expected in r.error_line
+    assert len([w for w in r.error_line.split() if len(w.strip("();")) == 64]) == 2, "both hashes are named"
+    assert snapshot(images_env) == before
+
+
+def test_an_interrupted_pull_leaves_no_partial_image(images_env):
+    publish(images_env)
+    before = snapshot(images_env)
+    r = kit_images(images_env, "pull", "tgi", "--from", "registry", KIT_STANDIN_PULL_FAIL_AFTER="100")
+    assert r.code != 0 and "connection reset by peer" in r.error_line
+    assert snapshot(images_env) == before
+    assert not list(images_env["images"].glob("*partial*"))
+
+
+def test_verify_finds_a_tampered_image(images_env):
+    publish(images_env)
+    assert kit_images(images_env, "pull", "tgi").code == 0
+    sif = images_env["images"] / "tgi-3.3.7.sif"
+    sif.write_bytes(sif.read_bytes() + b"tampered")
+    r = kit_images(images_env, "verify")
+    assert r.code == 1 and "tgi: mismatch" in r.out
+
+
+def test_inspect_shows_the_labels(images_env):
+    assert kit_images(images_env, "build", "vllm").code == 0
+    r = kit_images(images_env, "inspect", "vllm")
+    assert r.code == 0, r.err
+    info = r.json()
+    assert info["labels"]["org.kit.upstream"] == "vllm/vllm-openai:v0.19.1" and info["verified"] == "verified"
+    assert any(c[1] == "inspect" for c in calls(images_env))
+
+
+def test_list_shows_local_state(images_env):
+    assert kit_images(images_env, "build", "tei").code == 0
+    rows = {r["image"]: r for r in kit_images(images_env, "list", "--json").json()}
+    assert rows["tei"]["local"] == "verified" and rows["tgi"]["local"] == "missing"
+    assert rows["tgi"]["digest"] == "unresolved"
+
+
+def test_lock_resolves_digests_from_the_registry(images_env):
+    lock = load_lock(images_env["lock"])
+    tags = {}
+    for entry in lock.images.values():
+        host_repo, tag = entry["upstream"].rsplit(":", 1)
+        repo = host_repo.split("/", 1)[1] if "." in host_repo.split("/", 1)[0] else host_repo
+        tags[f"{repo}:{tag}"] = f"manifest of {entry['upstream']}"
+    with FakeRegistry(tags) as registry:
+        mirrors = ",".join(f"{h}={registry.url}" for h in ("ghcr.io", "docker.io", "cr.weaviate.io"))
+        r = kit_images(images_env, "lock", KIT_REGISTRY_MIRRORS=mirrors)
+        assert r.code == 0, r.err
+        assert any(req.startswith("GET /token") for req in registry.requests)  # the anonymous token flow
+        updated = load_lock(images_env["lock"])
+        for name, entry in updated.images.items():
+            key = next(k for k in tags if entry["upstream"].endswith(k))
+            assert entry["digest"] == registry.digest(key)
+            definition = check_agreement(updated, name)  # the def's From: and label follow
+            assert definition.header["From"] == f"{entry['upstream']}@{entry['digest']}"
+
+
+def test_lock_without_the_registry_changes_nothing(images_env):
+    before = snapshot(images_env)
+    r = kit_images(images_env, "lock", KIT_REGISTRY_MIRRORS="ghcr.io=http://127.0.0.1:9,docker.io=http://127.0.0.1:9,"
+                                                          "cr.weaviate.io=http://127.0.0.1:9")
+    assert r.code != 0 and "cannot reach" in r.error_line
+    assert snapshot(images_env) == before
+
+
+def test_lock_records_a_sif_built_elsewhere(images_env, tmp_path):
+    sif = tmp_path / "built-on-a-workstation.sif"
+    sif.write_bytes(b"an image")
+    r = kit_images(images_env, "lock", "--sif", "weaviate", str(sif))
+    assert r.code == 0 and lock_entry(images_env, "weaviate")["sif_sha256"] == hashlib.sha256(b"an image").hexdigest()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["pull", "nosuch"], "unknown image 'nosuch'"),
+    (["build", "nosuch"], "unknown image 'nosuch'"),
+    (["push", "tgi", "--ref", "oras://registry.example.org/kit/tgi"], "needs oras://HOST/PATH:TAG with an explicit tag"),
+    (["pull", "tgi"], "sif_sha256 is not set"),
+])
+def test_bad_input_changes_nothing(images_env, args, expected):
+    before = snapshot(images_env)
+    r = kit_images(images_env, *args)
+    assert r.code != 0 and expected in r.error_line
+    assert snapshot(images_env) == before
+
+
+def test_broken_lock_files(images_env):
+    lock = images_env["lock"]
+    lock.write_text(lock.read_text() + "\n  broken: [\n")
+    r = kit_images(images_env, "list")
+    assert r.code != 0 and str(lock) in r.error_line and "YAML syntax error" in r.error_line
+    data = yaml.safe_load((ROOT / "containers" / "images.lock").read_text())
+    del data["images"]["tgi"]["sif"]
+    lock.write_text(yaml.safe_dump(data))
+    r = kit_images(images_env, "list")
+    assert r.code != 0 and "images.tgi.sif: required key is missing" in r.error_line
+
+
+def test_an_unwritable_image_dir(images_env):
+    blocker = images_env["tmp"] / "not-a-dir"
+    blocker.write_text("")
+    site_file = Path(images_env["env"]["XDG_CONFIG_HOME"]) / "kit" / "sites" / "quest.yaml"
+    layer = yaml.safe_load(site_file.read_text())
+    layer["paths"]["image_dir"] = str(blocker / "images")
+    site_file.write_text(yaml.safe_dump(layer))
+    r = kit_images(images_env, "build", "tgi")
+    assert r.code != 0 and "image dir" in r.error_line and "cannot create" in r.error_line
+
+
+def test_serve_refuses_an_image_that_does_not_match_the_lock(images_env):
+    assert kit_images(images_env, "build", "tgi").code == 0
+    sif = images_env["images"] / "tgi-3.3.7.sif"
+    sif.write_bytes(sif.read_bytes() + b"x")
+    env = dict(images_env["env"], KIT_STATE_DIR=str(images_env["tmp"] / "state"))
+    r = kit("serve", "meta-llama/Llama-3.1-8B-Instruct", env=env)
+    assert r.code != 0 and "does not match" in r.error_line and "kit images pull tgi" in r.error_line
+    sif.unlink()
+    r = kit("serve", "meta-llama/Llama-3.1-8B-Instruct", env=env)
+    assert r.code != 0 and "not found" in r.error_line and "kit images pull tgi" in r.error_line
+
+
+def test_serve_refuses_an_image_newer_than_the_driver(images_env):
+    data = yaml.safe_load(images_env["lock"].read_text())
+    data["images"]["vllm"]["cuda"] = "13.0"
+    images_env["lock"].write_text(yaml.safe_dump(data))
+    r = kit("serve", "meta-llama/Llama-3.1-8B-Instruct", "--engine", "vllm", "--dry-run", env=images_env["env"])
+    assert r.code != 0 and "needs CUDA 13.0" in r.error_line and "up to CUDA 12.8" in r.error_line
