@@ -151,12 +151,20 @@ def parse_def(path: Path) -> DefFile:
     image = header["From"].split("@")[0]
     if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
         raise KitError(f"{path}: From: {header['From']} must name an exact tag (never latest)")
+    import io
+
+    from spython.logger import bot
     from spython.main.parse.parsers import SingularityParser
 
+    # spython's logger writes warnings to the streams it saw at import; keep them off kit's output.
+    saved = bot.outputStream, bot.errorStream
+    bot.outputStream = bot.errorStream = io.StringIO()
     try:
         stages = SingularityParser(str(path)).recipe
     except Exception as e:  # spython raises bare exceptions on recipes it cannot read
         raise KitError(f"{path}: spython cannot parse it: {e}") from None
+    finally:
+        bot.outputStream, bot.errorStream = saved
     if not stages:
         raise KitError(f"{path}: spython found no stage in it")
     return DefFile(path, header, sections)
