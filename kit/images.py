@@ -28,7 +28,8 @@ from pathlib import Path
 from kit.errors import KitError
 from kit.resources import bundled_dir
 
-LOCK_KEYS = ("def", "version", "upstream", "digest", "cuda", "sif", "sif_sha256", "sif_size", "runtime_version", "built")
+LOCK_KEYS = ("def", "version", "upstream", "digest", "cuda", "sif", "sif_sha256", "sif_size", "runtime_version", "built",
+             "pushed")
 REQUIRED_SECTIONS = ("%labels", "%help", "%environment", "%test")
 REQUIRED_LABELS = ("org.kit.version", "org.kit.image", "org.kit.upstream", "org.kit.upstream.digest", "org.kit.cuda")
 SECTIONS = {"%setup", "%files", "%environment", "%post", "%runscript", "%startscript", "%test", "%labels", "%help",
@@ -434,6 +435,8 @@ def push(site, name: str, *, account: str | None = None, ref: str | None = None)
         raise KitError(f"{path}: {state}; only an image that matches {lock.path} is pushed")
     runtime = runtime_binary(site)
     call_runtime(runtime, ["push", str(path), target], f"push to {target}")  # spython has no push
+    entry["pushed"] = {"ref": target, "sha256": entry["sif_sha256"], "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    lock.save()
     return target
 
 

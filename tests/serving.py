@@ -42,7 +42,10 @@ def engine_flags(argv: list[str], engine: str) -> list[tuple[str, str | None]]:
     while i < len(rest):
         flag = rest[i]
         assert flag.startswith("--"), f"unexpected argument {flag!r} in {rest}"
-        value = rest[i + 1] if i + 1 < len(rest) and not rest[i + 1].startswith("--") else None
-        pairs.append((flag, value))
-        i += 2 if value is not None else 1
+        values = []
+        i += 1
+        while i < len(rest) and not rest[i].startswith("--"):
+            values.append(rest[i])
+            i += 1
+        pairs.append((flag, " ".join(values) if values else None))  # several values: a multi-value flag
     return pairs

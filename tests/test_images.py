@@ -153,6 +153,8 @@ def test_push_puts_the_image_in_the_registry(images_env):
     assert hashlib.sha256(artifact.read_bytes()).hexdigest() == lock_entry(images_env, "tgi")["sif_sha256"]
     push = next(c for c in calls(images_env) if "push" in c)
     assert push[1:] == ["push", str(images_env["images"] / "tgi-3.3.7.sif"), "oras://registry.example.org/kit/tgi:3.3.7"]
+    pushed = lock_entry(images_env, "tgi")["pushed"]
+    assert pushed["ref"] == "oras://registry.example.org/kit/tgi:3.3.7" and pushed["sha256"] == lock_entry(images_env, "tgi")["sif_sha256"]
 
 
 def test_pull_from_the_shared_dir_and_from_the_registry(images_env):

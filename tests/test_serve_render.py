@@ -125,3 +125,39 @@ def test_sbatch_test_only_accepts_every_rendered_script(slurm_cluster, fixed_env
             assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
             assert "to start at" in proc.stderr
     assert len(seen) >= 3, seen  # every tier of the site was exercised
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+def test_lora_adapters_are_bound_and_passed_with_the_engines_flags(fixed_env, monkeypatch, tmp_path, engine):
+    import json as _json
+
+    from kit import serve
+    from kit.models import catalog
+    from kit.models.resolve import from_catalog
+    from kit.plan import plan_serve
+
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    adapter = tmp_path / "legal-lora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(_json.dumps({"r": 24, "peft_type": "LORA"}))
+    site = load_site("quest").site
+    info = from_catalog("meta-llama/Llama-3.1-8B-Instruct", catalog.lookup("meta-llama/Llama-3.1-8B-Instruct"))
+    plan = plan_serve(info, site, engine=engine)
+    job = serve.build(site, info, plan, account="p12345", time=None, adapters=[str(adapter), "lab/other-lora"],
+                      name="adapters", ready_timeout_s=60, request={})
+    argv = engine_command(job.script)
+    assert f"{adapter}:{adapter}:ro" in argv
+    flags = dict(engine_flags(argv, engine))
+    known = pinned_flags()[engine]["flags"]
+    assert set(flags) <= set(known)
+    if engine == "tgi":
+        assert flags["--lora-adapters"] == f"legal-lora={adapter},other-lora=lab/other-lora"
+    else:
+        # a Hub adapter's rank is unknown here: 64 is allowed (else the smallest allowed rank >= 24, 32)
+        assert "--enable-lora" in flags and flags["--max-lora-rank"] == "64"
+        assert flags["--lora-modules"] == f"legal-lora={adapter} other-lora=lab/other-lora"
+        assert "--lora-modules" in pinned_flags()["vllm"]["multi_value"]
+        local_only = serve.build(site, info, plan, account="p12345", time=None, adapters=[str(adapter)],
+                                 name="adapters2", ready_timeout_s=60, request={})
+        assert dict(engine_flags(engine_command(local_only.script), engine))["--max-lora-rank"] == "32"
+    assert job.record["adapters"] == ["legal-lora", "other-lora"]
