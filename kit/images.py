@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.fs import writable_dir
 from kit.resources import bundled_dir
 
 LOCK_KEYS = ("def", "version", "upstream", "digest", "cuda", "sif", "sif_sha256", "sif_size", "runtime_version", "built",
@@ -211,16 +212,6 @@ def image_dir(site, account: str | None = None, override: str | None = None) -> 
     if "{account}" in text and not (account or site.account.default):
         raise KitError(f"--account: the {site.name} image directory is per account ({text})")
     return Path(expand_user_path(text, account or site.account.default))
-
-
-def writable_dir(path: Path, what: str) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise KitError(f"{what} {path}: cannot create it ({e.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise KitError(f"{what} {path}: not writable")
-    return path
 
 
 def verify_file(path: Path, entry: dict, name: str) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.fs import writable_dir
 
 DEFAULT_STATE_DIR = "~/.kit"
 
@@ -28,12 +29,7 @@ def state_root(site=None) -> Path:
 
 
 def ensure_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise KitError(f"state dir {root}: cannot create it ({e.strerror}); set paths.state_dir or KIT_STATE_DIR") from None
-    if not os.access(root, os.W_OK | os.X_OK):
-        raise KitError(f"state dir {root}: not writable; set paths.state_dir or KIT_STATE_DIR")
+    writable_dir(root, "state dir", "set paths.state_dir or KIT_STATE_DIR")
 
 
 @dataclass

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from kit.errors import KitError
+from kit.fs import writable_dir
 from kit.models.hub import hub_errors, hub_reachable
 from kit.models.resolve import HUB_ID
 
@@ -19,13 +20,7 @@ from kit.models.resolve import HUB_ID
 def pull(repo_id: str, to: str, *, revision: str | None = None, allow_patterns: list[str] | None = None) -> Path:
     if not HUB_ID.match(repo_id):
         raise KitError(f"model {repo_id!r}: kit models pull takes a Hub id like org/name")
-    cache = Path(to).expanduser()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise KitError(f"--to {to}: cannot create the cache directory: {e.strerror}") from None
-    if not os.access(cache, os.W_OK):
-        raise KitError(f"--to {to}: not writable")
+    cache = writable_dir(Path(to).expanduser(), "--to")
     if not hub_reachable():
         endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         from huggingface_hub import constants
