@@ -411,25 +411,37 @@ def logs_cmd(job, site, follow, lines):
 @click.option("--timeout", type=float, default=1800, show_default=True, help="seconds")
 def wait_cmd(job, site, timeout):
     """Wait until the job's engine answers /health; fail fast if the job dies."""
+    import contextlib
+    import time
+
     from kit import lifecycle
 
     record = find_job(job, site)
+    start = time.monotonic()
+    spinner = contextlib.nullcontext()
+    if sys.stderr.isatty():  # a live status line for people; plain lines for logs and pipes
+        from rich.console import Console
 
-    def progress(st):
-        if st.ready:
-            text = f"ready: {st.url}"
-        elif st.url:
-            text = f"{lifecycle.describe(st)}: engine starting at {st.url}"
-        else:
-            text = lifecycle.describe(st)
-        click.echo(f"kit: job {record.job_id}: {text}", err=True)
+        spinner = Console(stderr=True).status(f"job {record.job_id}: waiting for Slurm")
 
-    try:
-        st = lifecycle.wait(record, timeout, on_change=progress)
-    except lifecycle.JobDied as died:
-        for line in lifecycle.log_tail(record):
-            click.echo(f"  | {line}", err=True)
-        raise died
+    with spinner as live:
+        def progress(st):
+            if st.ready:
+                text = f"ready: {st.url}"
+            elif st.url:
+                text = f"{lifecycle.describe(st)}: engine starting at {st.url}"
+            else:
+                text = lifecycle.describe(st)
+            click.echo(f"kit: job {record.job_id}: {text} ({time.monotonic() - start:.0f} s)", err=True)
+            if live is not None:
+                live.update(f"job {record.job_id}: {text}")
+
+        try:
+            st = lifecycle.wait(record, timeout, on_change=progress)
+        except lifecycle.JobDied as died:
+            for line in lifecycle.log_tail(record):
+                click.echo(f"  | {line}", err=True)
+            raise died
     click.echo(st.url)
 
 
