@@ -432,8 +432,11 @@ def wait_cmd(job, site, timeout):
                 text = f"{lifecycle.describe(st)}: engine starting at {st.url}"
             else:
                 text = lifecycle.describe(st)
-            click.echo(f"kit: job {record.job_id}: {text} ({time.monotonic() - start:.0f} s)", err=True)
-            if live is not None:
+            line = f"kit: job {record.job_id}: {text} ({time.monotonic() - start:.0f} s)"
+            if live is None:
+                click.echo(line, err=True)
+            else:  # printed above the live status line
+                live.console.print(line, highlight=False, markup=False)
                 live.update(f"job {record.job_id}: {text}")
 
         try:
