@@ -401,7 +401,8 @@ def logs_cmd(job, site, follow, lines):
                 click.echo(chunk.decode(errors="replace"), nl=False)
         if not follow:
             return
-        if slurm.job_state(record.job_id, record.data.get("accounting", False)).finished:
+        state = slurm.job_state(record.job_id, record.data.get("accounting", False))
+        if state.finished or state.state == "UNKNOWN":
             return
         time.sleep(1)
 
@@ -494,7 +495,9 @@ def chat_target(target: str, site: str | None, api_key_file: str | None):
                 key = Path(api_key_file).expanduser().read_text().strip()
             except OSError as e:
                 raise KitError(f"--api-key-file {api_key_file}: {e.strerror}") from None
-        return target.rstrip("/"), key, "tgi"
+        from kit.client import served_model
+
+        return target.rstrip("/"), key, served_model(target.rstrip("/"), key)
     record = find_job(target, site)
     url = lifecycle.endpoint_url(record)
     if url is None:
@@ -602,8 +605,8 @@ def images_list(site, account, as_json):
         row = {"image": name, "version": entry["version"], "upstream": entry["upstream"], "digest": entry["digest"],
                "cuda": entry["cuda"], "sif": entry["sif"], "sif_sha256": entry["sif_sha256"]}
         if site_obj is not None:
-            path = img.image_dir(site_obj, account) / entry["sif"]
-            row.update(path=str(path), local=img.verify_file(path, entry, name))
+            path = img.local_image(site_obj, entry, account)
+            row.update(path=str(path), local=img.verify_file(path, entry))
         rows.append(row)
     if as_json:
         emit_json(rows)
@@ -662,8 +665,8 @@ def images_verify(name, site, account):
     bad = 0
     for each in image_names(name) if name else list(lock.images):
         entry = lock.entry(each)
-        path = img.image_dir(site_obj, account) / entry["sif"]
-        state = img.verify_file(path, entry, each)
+        path = img.local_image(site_obj, entry, account)
+        state = img.verify_file(path, entry)
         if name is None and state == "missing":
             continue
         bad += state != "verified"

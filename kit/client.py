@@ -23,6 +23,21 @@ def inference_client(url: str, api_key: str | None, timeout: float = 120):
     return InferenceClient(base_url=url.rstrip("/") + "/v1", api_key=api_key or "-", timeout=timeout)
 
 
+def served_model(url: str, api_key: str | None) -> str:
+    """The model name a server expects (vLLM rejects names it does not serve; TGI takes "tgi")."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}/v1/models", headers={"Authorization": f"Bearer {api_key or '-'}"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=10) as resp:
+            models = json.loads(resp.read()).get("data") or []
+    except (OSError, ValueError):
+        return "tgi"  # unknown server: TGI's name for its base model
+    return models[0]["id"] if models and models[0].get("id") else "tgi"
+
+
 def chat(url: str, api_key: str | None, model: str, messages: list[dict], *, max_tokens: int = 256,
          temperature: float | None = None, stream=None):
     """Send one chat turn; with ``stream`` (a callable) each text piece goes to it as it arrives."""

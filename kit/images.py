@@ -64,10 +64,22 @@ class Lock:
         import yaml
 
         header = "".join(line for line in self.path.read_text().splitlines(keepends=True) if line.startswith("#"))
-        body = yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(header + body)
-        tmp.replace(self.path)
+        replace_text(self.path, header + yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False))
+
+
+def replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise KitError(f"{path}: cannot write it ({e.strerror})") from None
+
+
+def writable_file(path: Path) -> None:
+    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+        raise KitError(f"{path}: not writable; KIT_IMAGES_LOCK can point to a writable copy")
 
 
 def load_lock(path: Path | None = None) -> Lock:
@@ -214,7 +226,11 @@ def image_dir(site, account: str | None = None, override: str | None = None) -> 
     return Path(expand_user_path(text, account or site.account.default))
 
 
-def verify_file(path: Path, entry: dict, name: str) -> str:
+def local_image(site, entry: dict, account: str | None = None) -> Path:
+    return image_dir(site, account) / entry["sif"]
+
+
+def verify_file(path: Path, entry: dict) -> str:
     """'verified', 'missing', 'unknown' (no checksum in the lock) or 'mismatch'."""
     if not path.is_file():
         return "missing"
@@ -232,7 +248,7 @@ def verified_image(site, name: str, account: str | None = None) -> tuple[Path, d
 
     lock = load_lock()
     entry = lock.entry(name)
-    path = image_dir(site, account) / entry["sif"]
+    path = local_image(site, entry, account)
     if not path.is_file():
         raise KitError(f"image {path} not found: `kit images pull {name}` (labs) or `kit images build {name}` (staff)")
     if not entry["sif_sha256"]:
@@ -334,10 +350,10 @@ def build(site, name: str, *, account: str | None = None, to: str | None = None,
                        f"or copy it to the site's images.shared_dir, and record it with `kit images lock --sif {name} FILE`")
     out_dir = writable_dir(image_dir(site, account, to), "image dir")
     out = out_dir / entry["sif"]
-    if out.exists() and not force and verify_file(out, entry, name) == "verified":
+    if out.exists() and not force and verify_file(out, entry) == "verified":
         return out
-    partial = out_dir / f".{entry['sif']}.partial-{os.getpid()}"
-    try:
+    writable_file(lock.path)
+    with partial_file(out_dir, entry["sif"]) as partial:
         with spython_env(site, runtime, account):
             version = runtime_version()
             # %files paths in the defs are relative to the repository root.
@@ -346,10 +362,35 @@ def build(site, name: str, *, account: str | None = None, to: str | None = None,
         if not partial.is_file():
             raise KitError(f"building {name} failed: the runtime wrote no image")
         partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)
     record_sif(lock, name, out, version)
     return out
+
+
+@contextlib.contextmanager
+def partial_file(out_dir: Path, sif: str):
+    """A temp file beside the final image, removed on any exit: also on SIGTERM or SIGHUP (a
+    dropped SSH session), which become SystemExit here. Leftovers of a killed kit on this host
+    (SIGKILL) are swept at the next start."""
+    import signal
+    import socket
+
+    host = socket.gethostname().split(".")[0]
+    for stale in out_dir.glob(f".{sif}.partial-{host}-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
+    partial = out_dir / f".{sif}.partial-{host}-{os.getpid()}"
+
+    def interrupted(signum, frame):
+        raise SystemExit(128 + signum)
+
+    saved = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield partial
+    finally:
+        partial.unlink(missing_ok=True)
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def call_runtime(runtime: str, args: list[str], what: str, cwd: Path | None = None) -> str:
@@ -386,13 +427,12 @@ def pull(site, name: str, *, account: str | None = None, source: str = "auto", r
     if not entry["sif_sha256"]:
         raise KitError(f"{lock.path}: images.{name}.sif_sha256 is not set: there is nothing to verify a pull against "
                        f"(staff: `kit images build {name}` or `kit images lock --sif {name} FILE`)")
-    if verify_file(out, entry, name) == "verified":
+    if verify_file(out, entry) == "verified":
         return out, "already present and verified"
     shared = Path(expand_user_path(site.images.shared_dir, account)) / entry["sif"] if site.images.shared_dir else None
     if source == "auto":
         source = "shared" if shared is not None and shared.is_file() else "registry"
-    partial = out_dir / f".{entry['sif']}.partial-{os.getpid()}"
-    try:
+    with partial_file(out_dir, entry["sif"]) as partial:
         if source == "shared":
             if shared is None or not shared.is_file():
                 raise KitError(f"no {entry['sif']} in {site.name}'s images.shared_dir ({site.images.shared_dir})")
@@ -410,9 +450,6 @@ def pull(site, name: str, *, account: str | None = None, source: str = "auto", r
             raise KitError(f"{origin}: sha256 {actual} does not match {lock.path} ({entry['sif_sha256']}); "
                            f"the download was deleted")
         partial.replace(out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
     return out, f"pulled from {origin} and verified"
 
 
@@ -420,8 +457,8 @@ def push(site, name: str, *, account: str | None = None, ref: str | None = None)
     lock = load_lock()
     entry = lock.entry(name)
     target = registry_ref(site, entry, name, ref)
-    path = image_dir(site, account) / entry["sif"]
-    state = verify_file(path, entry, name)
+    path = local_image(site, entry, account)
+    state = verify_file(path, entry)
     if state != "verified":
         raise KitError(f"{path}: {state}; only an image that matches {lock.path} is pushed")
     runtime = runtime_binary(site)
@@ -434,7 +471,7 @@ def push(site, name: str, *, account: str | None = None, ref: str | None = None)
 def inspect(site, name: str, account: str | None = None) -> dict:
     lock = load_lock()
     entry = lock.entry(name)
-    path = image_dir(site, account) / entry["sif"]
+    path = local_image(site, entry, account)
     if not path.is_file():
         raise KitError(f"image {path} not found: `kit images pull {name}`")
     runtime = runtime_binary(site)
@@ -447,7 +484,7 @@ def inspect(site, name: str, account: str | None = None) -> dict:
         message = "\n".join(info.get("message", [])) if isinstance(info, dict) else str(info)
         raise KitError(f"{Path(runtime).name} inspect {path} failed: {runtime_error(message)}")
     attributes = info.get("attributes", {})
-    return {"image": name, "path": str(path), "lock": entry, "verified": verify_file(path, entry, name),
+    return {"image": name, "path": str(path), "lock": entry, "verified": verify_file(path, entry),
             "labels": attributes.get("labels", {}), "runtime": attributes}
 
 
@@ -456,18 +493,19 @@ def lock_digests(names: list[str]) -> list[tuple[str, str, str]]:
     from kit.registry import resolve_digest
 
     lock = load_lock()
+    writable_file(lock.path)
     resolved = []
     for name in names:
         entry = lock.entry(name)
         check_agreement(lock, name)
         resolved.append((name, entry["digest"], resolve_digest(entry["upstream"])))
-    for name, _, digest in resolved:
+    for name, _, digest in resolved:  # every def first, each through a temp file; the lock last
         entry = lock.entry(name)
         path = lock.def_path(name)
         text = path.read_text()
         text = re.sub(r"(?m)^From:.*$", f"From: {entry['upstream']}@{digest}", text, count=1)
         text = re.sub(r"(?m)^(\s*org\.kit\.upstream\.digest)\s+\S+\s*$", rf"\g<1> {digest}", text, count=1)
-        path.write_text(text)
+        replace_text(path, text)
         entry["digest"] = digest
     lock.save()
     return resolved
@@ -477,6 +515,7 @@ def record_external(name: str, sif: Path, version: str | None = None) -> dict:
     """`kit images lock --sif NAME FILE`: record an image built elsewhere."""
     lock = load_lock()
     lock.entry(name)
+    writable_file(lock.path)
     if not sif.is_file():
         raise KitError(f"--sif {sif}: no such file")
     return record_sif(lock, name, sif, version)

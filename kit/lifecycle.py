@@ -19,6 +19,10 @@ from kit.errors import KitError
 from kit.jobs import JobRecord
 
 LOG_TAIL_LINES = 20
+# Pending reasons that do not clear by waiting (Slurm's squeue(1) reason codes).
+NEVER_STARTS = {"BadConstraints", "InvalidAccount", "InvalidQOS", "JobHeldAdmin", "JobHeldUser",
+                "PartitionNodeLimit", "PartitionTimeLimit", "PartitionConfig", "AccountNotAllowed",
+                "QOSNotAllowed"}
 
 
 def endpoint_url(record: JobRecord) -> str | None:
@@ -106,6 +110,9 @@ def wait(record: JobRecord, timeout: float, on_change=None, interval: float = 0.
         failure = record.failure()
         if st.slurm.finished or failure or st.slurm.state == "UNKNOWN":
             raise JobDied(st, failure)
+        if st.slurm.state == "PENDING" and (st.slurm.reason or "") in NEVER_STARTS:
+            raise KitError(f"job {record.job_id} cannot start: Slurm says {st.slurm.reason}; "
+                           f"`kit stop {record.job_id}` and fix the request", exit_code=4)
         if time.monotonic() >= deadline:
             raise KitError(f"job {record.job_id} not ready after {timeout:g} s (Slurm: {describe(st)}); "
                            f"`kit logs {record.job_id}` shows its log", exit_code=3)
@@ -145,9 +152,12 @@ def tunnel_command(record: JobRecord) -> str:
 def stop(record: JobRecord, timeout: float = 60, interval: float = 0.5) -> slurm.JobState:
     """scancel, then wait until Slurm reports the job finished (so nothing keeps running)."""
     state = slurm.job_state(record.job_id, record.data.get("accounting", False))
-    if state.finished or state.state == "UNKNOWN":
+    if state.finished:
         return state
-    slurm.cancel(record.job_id)
+    if state.state != "UNKNOWN":  # Slurm has forgotten a job only once it ended
+        slurm.cancel(record.job_id)
+    else:
+        return state
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = slurm.job_state(record.job_id, record.data.get("accounting", False))

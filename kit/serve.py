@@ -21,7 +21,7 @@ from kit.plan import engines
 from kit.sites import expand_user_path
 
 SECRET_ENV = re.compile(r"(TOKEN|SECRET|PASSWORD|API_KEY|APIKEY|CREDENTIAL)", re.IGNORECASE)
-STOP_GRACE_S = 30
+STOP_GRACE_S = 25  # below Slurm's default KillWait (30 s); TGI gets 5 s less for its own shutdown
 SIGNAL_LEAD_S = 120
 
 
@@ -80,14 +80,22 @@ def placement(model: ModelInfo) -> dict:
         bind_root = path if model.source == "local" else path.parent.parent  # models--org--name: blobs too
         name = path.name if model.source == "local" else model.name
         return {"arg": str(path), "name": name, "local_path": str(path), "offline": True,
-                "binds": [f"{bind_root}:{bind_root}:ro"], "hub_cache": None}
-    return {"arg": model.name, "name": model.name, "local_path": None, "offline": False, "binds": [], "hub_cache": None}
+                "binds": [f"{bind_root}:{bind_root}:ro"]}
+    return {"arg": model.name, "name": model.name, "local_path": None, "offline": False, "binds": []}
 
 
-def adapter_specs(refs: list[str], engine: dict) -> tuple[list[dict], int | None, list[str]]:
+def adapter_specs(refs: list[str], engine: dict, site=None, account: str | None = None,
+                  offline: bool = False) -> tuple[list[dict], int | None, list[str]]:
+    """Local adapter directories (and Hub adapters found in the shared cache) are bound read-only
+    and passed as name=path; other Hub ids are passed for the engine to download, which needs
+    a job that is not offline (TGI takes them as a bare id: `name=...` means a local path)."""
+    from kit.models.resolve import cache_dirs, cached_snapshot
+
     adapters, ranks, warnings = [], [], []
     for ref in refs:
         path = Path(ref).expanduser()
+        if not path.exists() and HUB_ID.match(ref):
+            path = next((snap for cache in cache_dirs(site, account) if (snap := cached_snapshot(ref, cache))), path)
         if path.exists():
             config = path / "adapter_config.json"
             if not config.is_file():
@@ -96,13 +104,18 @@ def adapter_specs(refs: list[str], engine: dict) -> tuple[list[dict], int | None
                 rank = int(json.loads(config.read_text()).get("r", 0)) or None
             except (json.JSONDecodeError, ValueError, TypeError):
                 raise KitError(f"--adapter {ref}: adapter_config.json is not valid") from None
-            path = path.resolve()
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.name)
-            adapters.append({"name": name, "spec": f"{name}={path}", "bind": f"{path}:{path}:ro"})
+            in_cache = not Path(ref).expanduser().exists()
+            bind_root = path.parent.parent if in_cache else path.resolve()  # a snapshot needs its blobs
+            path = path if in_cache else path.resolve()
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "-", ref.split("/")[-1] if in_cache else path.name)
+            adapters.append({"name": name, "spec": f"{name}={path}", "bind": f"{bind_root}:{bind_root}:ro"})
             ranks.append(rank or 16)
         elif HUB_ID.match(ref):
-            name = ref.split("/")[-1]
-            adapters.append({"name": name, "spec": f"{name}={ref}", "bind": None})
+            if offline:
+                raise KitError(f"--adapter {ref}: not in the shared model cache, and this job runs offline "
+                               f"(the model is local): `kit models pull {ref}` first")
+            spec = ref if engine["serve"]["template"].startswith("serve-tgi") else f"{ref.split('/')[-1]}={ref}"
+            adapters.append({"name": ref if spec == ref else ref.split("/")[-1], "spec": spec, "bind": None})
             warnings.append(f"--adapter {ref}: a Hub adapter; its rank is unknown here, so LoRA rank up to 64 is allowed")
             ranks.append(64)
         else:
@@ -145,7 +158,7 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
     if not place["offline"]:
         warnings.append(f"{model.name} is not in the shared model cache: the job will download it, and compute "
                         f"nodes may have no internet; run `kit models pull {model.name}` first")
-    adapter_list, max_rank, adapter_warnings = adapter_specs(adapters, engine)
+    adapter_list, max_rank, adapter_warnings = adapter_specs(adapters, engine, site, account, place["offline"])
     warnings += adapter_warnings
 
     root = jobs.state_root(site)
@@ -163,10 +176,11 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         binds.append(f"{cache}:{engine['serve']['writable_bind']}")
     env = dict(engine["serve"]["env"])
     env.update({k: str(cache / sub) for k, sub in engine["serve"]["writable_env"].items()})
-    if place["offline"]:
-        env["HF_HUB_OFFLINE"] = "1"  # exactly "1": TGI's router checks == "1" (containers.md §1.2)
+    # Always set, so a value from the submitting shell never decides: exactly "1" when offline
+    # (TGI's router checks == "1", containers.md §1.2).
+    env["HF_HUB_OFFLINE"] = "1" if place["offline"] else "0"
     image_entry = images.load_lock().entry(engine["serve"]["image"])
-    image = images.image_dir(site, account) / image_entry["sif"]
+    image = images.local_image(site, image_entry, account)
     cuda_error, cuda_warning = images.cuda_problem(image_entry, site)
     if cuda_error:
         raise KitError(f"{engine['label']} {engine['version']}: {cuda_error}")
@@ -260,6 +274,8 @@ def submit(job: ServeJob) -> jobs.JobRecord:
         jobs.write_json(job.job_dir / "request.json", job.request)
         jobs.write_json(job.job_dir / "record.json", job.record)
         job_id = slurm.submit(str(job.job_dir / "job.sbatch"), cwd=str(job.job_dir), env=submission_env())
+    except slurm.SubmitUncertain:
+        raise  # sbatch may have queued it: keep the record the job needs
     except BaseException:
         shutil.rmtree(job.job_dir, ignore_errors=True)  # nothing half-submitted is left behind
         raise

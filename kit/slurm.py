@@ -419,12 +419,20 @@ def _try(args: list[str], timeout: float = 30) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout, proc.stderr
 
 
+class SubmitUncertain(KitError):
+    """sbatch did not answer: the job may or may not be queued."""
+
+
 def submit(script: str, *, cwd: str, env: dict[str, str] | None = None, test_only: bool = False) -> str:
     """sbatch a script file; return the job id (or sbatch's --test-only answer)."""
     args = ["sbatch", "--test-only", script] if test_only else ["sbatch", "--parsable", script]
     path = require("sbatch")
-    proc = subprocess.run([path, *args[1:]], capture_output=True, text=True, cwd=cwd, env=env,
-                          stdin=subprocess.DEVNULL, timeout=60)
+    try:
+        proc = subprocess.run([path, *args[1:]], capture_output=True, text=True, cwd=cwd, env=env,
+                              stdin=subprocess.DEVNULL, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise SubmitUncertain(f"sbatch did not answer within 60 s: the job may be queued anyway; "
+                              f"check `squeue --me` before submitting again (record: {cwd})") from None
     if proc.returncode != 0:
         raise KitError(f"sbatch refused the job: {_error_line(proc.stderr, proc.stdout)}")
     if test_only:
@@ -432,16 +440,25 @@ def submit(script: str, *, cwd: str, env: dict[str, str] | None = None, test_onl
     return proc.stdout.strip().split(";")[0]
 
 
+def _scontrol_job(job_id: str) -> str | None:
+    """`scontrol show job -o` output, None for a job Slurm does not know; other errors raise."""
+    rc, out, err = _try(["scontrol", "show", "job", str(job_id), "-o"])
+    if rc == 0 and "JobId=" in out:
+        return out
+    if "Invalid job id" in (err + out):
+        return None
+    raise KitError(f"scontrol show job {job_id} failed: {_error_line(err, out)}")
+
+
 def job_exists(job_id: str) -> bool:
-    rc, out, _ = _try(["scontrol", "show", "job", str(job_id), "-o"])
-    return rc == 0 and "JobId=" in out
+    return _scontrol_job(job_id) is not None
 
 
 def job_state(job_id: str, accounting: bool = False) -> JobState:
     """Live state from scontrol (it keeps finished jobs for MinJobAge), then sacct where the site
     has accounting; UNKNOWN when Slurm has forgotten the job."""
-    rc, out, _ = _try(["scontrol", "show", "job", str(job_id), "-o"])
-    if rc == 0 and "JobId=" in out:
+    out = _scontrol_job(job_id)
+    if out is not None:
         kv = parse_kv_line(out.splitlines()[0])
         reason = _none_if_null(kv.get("Reason"))
         return JobState(str(job_id), kv.get("JobState", "UNKNOWN"), None if reason == "None" else reason,

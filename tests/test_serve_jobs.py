@@ -144,7 +144,7 @@ def test_the_engine_gets_the_pinned_flags_and_per_job_ports(serve_env, tgi_job):
     assert argv[argv.index("--port") + 1] == str(port)
     assert argv[argv.index("--shard-uds-path") + 1] == f"/tmp/kit-tgi-{tgi_job['job_id']}"
     ports = {argv[argv.index(f) + 1] for f in ("--port", "--prometheus-port", "--master-port")}
-    assert len(ports) == 3 and all(20000 <= int(p) <= 29999 for p in ports)
+    assert len(ports) == 3 and all(20000 <= int(p) <= 20009 for p in ports)
     assert f"{serve_env['model']}:{serve_env['model']}:ro" in argv  # the model dir, bound read-only
 
 
@@ -173,6 +173,14 @@ def test_a_second_job_on_the_same_node_gets_another_port(serve_env, tgi_job):
     st = run(serve_env, "status", "tgi-two", "--json").json()
     assert st["nodes"] == "qgpu2001"  # the pcie node has 2 GPUs: both jobs land there
     assert r.out.strip() != tgi_job["url"]
+    ports = set()
+    for name in ("tgi-one", "tgi-two"):  # all six ports (HTTP, Prometheus, master) are distinct
+        argv = next(c["argv"] for c in map(json.loads, Path(serve_env["env"]["KIT_STANDIN_LOG"]).read_text().splitlines())
+                    if "--shard-uds-path" in c["argv"]
+                    and c["argv"][c["argv"].index("--shard-uds-path") + 1].endswith(
+                        str(json.loads((serve_env["base"] / "state" / "jobs" / name / "record.json").read_text())["job_id"])))
+        ports |= {argv[argv.index(f) + 1] for f in ("--port", "--prometheus-port", "--master-port")}
+    assert len(ports) == 6
     assert run(serve_env, "stop", "tgi-two").code == 0
 
 
@@ -240,6 +248,20 @@ def test_a_job_that_dies_at_start_fails_wait_fast(serve_env, tmp_path):
     assert "  | " in w.err  # the log tail
 
 
+def test_an_engine_that_fails_to_load_fails_wait_fast(serve_env, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken-model"
+    shutil.copytree(serve_env["model"], broken)
+    r = kit("serve", str(broken), "--json", "--name", "broken", env=serve_env["env"])
+    assert r.code == 0, r.err
+    (broken / "config.json").write_text("{not json")  # the engine starts, then cannot load it
+    w = run(serve_env, "wait", "broken", "--timeout", "120")
+    assert w.code == 4 and "exited with status" in w.err and "before it was ready" in w.err
+    endpoint = json.loads((serve_env["base"] / "state" / "jobs" / "broken" / "endpoint.json").read_text())
+    assert endpoint["state"] == "failed"
+
+
 def test_nothing_is_submitted_on_bad_input(serve_env, tmp_path):
     def count_jobs():
         return len(subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.splitlines())
@@ -277,7 +299,8 @@ def test_unknown_and_foreign_jobs(serve_env):
     assert r.code != 0 and "unknown job 999999" in r.error_line
     r = run(serve_env, "stop", "no-such-name")
     assert r.code != 0 and "unknown job 'no-such-name'" in r.error_line
-    foreign = subprocess.run(["sbatch", "--parsable", "-p", "short", "--wrap", "sleep 30"], capture_output=True, text=True)
+    foreign = subprocess.run(["sbatch", "--parsable", "-p", "short", "-o", "/dev/null", "--wrap", "sleep 30"],
+                             capture_output=True, text=True)
     job_id = foreign.stdout.strip()
     try:
         r = run(serve_env, "status", job_id)

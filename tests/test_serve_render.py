@@ -1,6 +1,7 @@
 """Rendered serving scripts: golden files, flags against the pinned engines' real flag sets,
 quoting, and `sbatch --test-only` on the local Slurm that mimics Quest and KLC."""
 
+import json
 import os
 import re
 import shlex
@@ -102,7 +103,7 @@ def test_api_key_is_never_in_the_script(fixed_env, monkeypatch):
     script = build_job(load_site("quest").site, "tgi", account="p12345").script
     assert re.search(r'SINGULARITYENV_API_KEY="\$KIT_API_KEY"', script)
     assert 'KIT_API_KEY=$(<"$KIT_API_KEY_FILE")' in script
-    assert "--api-key" not in script
+    assert "--api-key" not in script  # never on a command line, where `ps` would show it
 
 
 @pytest.mark.slurm
@@ -150,8 +151,9 @@ def test_lora_adapters_are_bound_and_passed_with_the_engines_flags(fixed_env, mo
     flags = dict(engine_flags(argv, engine))
     known = pinned_flags()[engine]["flags"]
     assert set(flags) <= set(known)
-    if engine == "tgi":
-        assert flags["--lora-adapters"] == f"legal-lora={adapter},other-lora=lab/other-lora"
+    if engine == "tgi":  # a Hub adapter as a bare id: TGI reads NAME=... as a local path
+        assert flags["--lora-adapters"] == f"legal-lora={adapter},lab/other-lora"
+        assert job.record["adapters"] == ["legal-lora", "lab/other-lora"]
     else:
         # a Hub adapter's rank is unknown here: 64 is allowed (else the smallest allowed rank >= 24, 32)
         assert "--enable-lora" in flags and flags["--max-lora-rank"] == "64"
@@ -160,4 +162,24 @@ def test_lora_adapters_are_bound_and_passed_with_the_engines_flags(fixed_env, mo
         local_only = serve.build(site, info, plan, account="p12345", time=None, adapters=[str(adapter)],
                                  name="adapters2", ready_timeout_s=60, request={})
         assert dict(engine_flags(engine_command(local_only.script), engine))["--max-lora-rank"] == "32"
-    assert job.record["adapters"] == ["legal-lora", "other-lora"]
+        assert job.record["adapters"] == ["legal-lora", "other-lora"]
+
+
+def test_a_hub_adapter_cannot_be_downloaded_by_an_offline_job(fixed_env, monkeypatch, tmp_path):
+    from kit import serve
+    from kit.errors import KitError
+    from kit.models.resolve import from_directory
+    from kit.plan import plan_serve
+
+    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(
+        {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 256}))
+    info = from_directory(model_dir, str(model_dir), "local")
+    site = load_site("quest").site
+    plan = plan_serve(info, site)
+    with pytest.raises(KitError, match="not in the shared model cache, and this job runs offline"):
+        serve.build(site, info, plan, account="p12345", time=None, adapters=["lab/other-lora"], name="x",
+                    ready_timeout_s=60, request={})

@@ -39,7 +39,9 @@ def standin_site(base: Path) -> dict:
         "runtime": {"module": None, "binds": [], "cache_dir": str(base / "rt-cache"), "tmp_dir": str(base / "rt-tmp")},
         "paths": {"image_dir": str(images), "scratch": str(base / "scratch"), "model_cache": str(base / "hf-cache"),
                   "state_dir": str(base / "state")},
-        "network": {"port_range": [20000, 29999]},
+        # Ten ports: two TGI jobs (three ports each) on one node would collide without kit's
+        # per-node reservation.
+        "network": {"port_range": [20000, 20009]},
     }
     (xdg / "kit" / "sites" / "quest.yaml").write_text(yaml.safe_dump(layer))
     env = {
