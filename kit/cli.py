@@ -319,13 +319,9 @@ def serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_tokens
 
 
 def find_job(ref: str, site: str | None):
-    import os
-
     from kit import jobs
-    from kit.sites import load_site
 
-    site_obj = load_site(site).site if (site or os.environ.get("KIT_SITE")) else None
-    return jobs.find(jobs.state_root(site_obj), ref)
+    return jobs.find(jobs.state_root(load_optional_site(site, None)), ref)
 
 
 def job_argument(f):
@@ -338,14 +334,10 @@ def job_argument(f):
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def jobs_cmd(site, as_json):
     """Your kit jobs with their live state."""
-    import os
-
     from kit import jobs, lifecycle
-    from kit.sites import load_site
 
-    site_obj = load_site(site).site if (site or os.environ.get("KIT_SITE")) else None
-    rows = [lifecycle.status(rec, check_health=False).as_dict() for rec in jobs.records(jobs.state_root(site_obj))
-            if rec.job_id]
+    root = jobs.state_root(load_optional_site(site, None))
+    rows = [lifecycle.status(rec, check_health=False).as_dict() for rec in jobs.records(root) if rec.job_id]
     if as_json:
         emit_json(rows)
         return

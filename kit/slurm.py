@@ -70,29 +70,10 @@ def run(args: list[str], timeout: float = 30) -> str:
     if not args:
         raise ValueError("run() needs a command")
     args = [str(a) for a in args]
-    path = require(args[0])
-    shown = " ".join(args)
-    try:
-        proc = subprocess.run(
-            [path, *args[1:]],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise KitError(
-            f"Slurm command '{shown}' did not answer within {timeout:g} s: "
-            "is the Slurm controller (slurmctld) reachable?"
-        ) from None
-    except OSError as exc:
-        raise KitError(f"cannot run Slurm command '{shown}': {exc.strerror or exc}") from None
-    if proc.returncode != 0:
-        raise KitError(
-            f"Slurm command '{shown}' failed (exit {proc.returncode}): "
-            f"{_error_line(proc.stderr, proc.stdout)}"
-        )
-    return proc.stdout
+    rc, out, err = _try(args, timeout)
+    if rc != 0:
+        raise KitError(f"Slurm command '{' '.join(args)}' failed (exit {rc}): {_error_line(err, out)}")
+    return out
 
 
 # --- time limits ---------------------------------------------------------------------------
@@ -409,6 +390,7 @@ class JobState:
 
 
 def _try(args: list[str], timeout: float = 30) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a Slurm command; only a missing command or a timeout raises."""
     path = require(args[0])
     try:
         proc = subprocess.run([path, *args[1:]], capture_output=True, text=True, timeout=timeout,
@@ -416,6 +398,8 @@ def _try(args: list[str], timeout: float = 30) -> tuple[int, str, str]:
     except subprocess.TimeoutExpired:
         raise KitError(f"Slurm command '{' '.join(args)}' did not answer within {timeout:g} s: "
                        "is the Slurm controller (slurmctld) reachable?") from None
+    except OSError as exc:
+        raise KitError(f"cannot run Slurm command '{' '.join(args)}': {exc.strerror or exc}") from None
     return proc.returncode, proc.stdout, proc.stderr
 
 
