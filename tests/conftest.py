@@ -28,7 +28,7 @@ def slurm_cluster():
     Set KIT_TEST_NO_SLURM=1 to skip the tests that need it instead.
     """
     if os.environ.get("KIT_TEST_NO_SLURM") == "1":
-        pytest.skip("KIT_TEST_NO_SLURM=1: local Slurm test cluster disabled")
+        pytest.skip(reason="KIT_TEST_NO_SLURM=1: local Slurm test cluster disabled")
     try:
         proc = subprocess.run(
             ["bash", str(SLURM_UP)],

@@ -10,50 +10,27 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from httpstub import LocalHTTPStub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-class FakeHub:
+class FakeHub(LocalHTTPStub):
     def __init__(self, root: Path):
+        super().__init__()
         self.root = root  # root/org/name/<files>
         self.downloads: list[str] = []
         self.gated: set[str] = set()
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                hub.route(self, head=True)
-
-            def do_GET(self):
-                hub.route(self, head=False)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
     def files(self, repo: str) -> list[Path]:
         base = self.root / repo
         return sorted(p for p in base.rglob("*") if p.is_file())
 
-    def route(self, req: BaseHTTPRequestHandler, head: bool) -> None:
+    def route(self, req: BaseHTTPRequestHandler) -> None:
+        head = req.command == "HEAD"
         path = req.path.split("?")[0]
         info = re.match(r"^/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?$", path)
         tree = re.match(r"^/api/models/([^/]+/[^/]+)/tree/([^/]+)$", path)
@@ -95,12 +72,3 @@ class FakeHub:
         data = json.dumps(body).encode()
         self.send(req, status, {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers},
                   b"" if head else data)
-
-    @staticmethod
-    def send(req, status: int, headers: dict, data: bytes) -> None:
-        req.send_response(status)
-        for k, v in headers.items():
-            req.send_header(k, v)
-        req.end_headers()
-        if data:
-            req.wfile.write(data)

@@ -7,46 +7,21 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from httpstub import LocalHTTPStub
 
 TOKEN = "anonymous-pull-token"
 
 
-class FakeRegistry:
+class FakeRegistry(LocalHTTPStub):
     def __init__(self, tags: dict[str, str]):
         """tags: 'repository:tag' -> manifest text (its sha256 is the digest)."""
+        super().__init__()
         self.tags = tags
         self.requests: list[str] = []
-        registry = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                registry.route(self)
-
-            def do_HEAD(self):
-                registry.route(self)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def digest(self, ref: str) -> str:
         return "sha256:" + hashlib.sha256(self.tags[ref].encode()).hexdigest()
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
     def route(self, req) -> None:
         self.requests.append(f"{req.command} {req.path}")
@@ -66,13 +41,3 @@ class FakeRegistry:
         headers = {"Docker-Content-Digest": self.digest(ref),
                    "Content-Type": "application/vnd.oci.image.index.v1+json"}
         self.send(req, 200, headers, b"" if req.command == "HEAD" else body)
-
-    @staticmethod
-    def send(req, status, headers, body):
-        req.send_response(status)
-        for k, v in headers.items():
-            req.send_header(k, v)
-        req.send_header("Content-Length", str(len(body)))
-        req.end_headers()
-        if body and req.command != "HEAD":
-            req.wfile.write(body)
