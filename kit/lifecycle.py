@@ -152,12 +152,9 @@ def tunnel_command(record: JobRecord) -> str:
 def stop(record: JobRecord, timeout: float = 60, interval: float = 0.5) -> slurm.JobState:
     """scancel, then wait until Slurm reports the job finished (so nothing keeps running)."""
     state = slurm.job_state(record.job_id, record.data.get("accounting", False))
-    if state.finished:
+    if state.finished or state.state == "UNKNOWN":  # Slurm forgets a job only after it ended
         return state
-    if state.state != "UNKNOWN":  # Slurm has forgotten a job only once it ended
-        slurm.cancel(record.job_id)
-    else:
-        return state
+    slurm.cancel(record.job_id)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = slurm.job_state(record.job_id, record.data.get("accounting", False))

@@ -111,10 +111,9 @@ def resolve(name: str, site=None, account: str | None = None, *, use_hub: bool |
             f"unknown model {name!r}: give a Hub id like org/name, a local directory, "
             f"or a catalog model (see `kit models list`)"
         )
-    for cache in cache_dirs(site, account):
-        snapshot = cached_snapshot(name, cache)
-        if snapshot is not None:
-            return from_directory(snapshot, name, "cache")
+    snapshot = find_cached(name, site, account)
+    if snapshot is not None:
+        return from_directory(snapshot, name, "cache")
     hub_error = None
     if use_hub if use_hub is not None else hub_reachable():
         try:
@@ -126,6 +125,11 @@ def resolve(name: str, site=None, account: str | None = None, *, use_hub: bool |
         return from_catalog(name, entry)
     where = "not in the shared cache, " + (f"not on the Hub ({hub_error}), " if hub_error else "the Hub is not reachable, ")
     raise KitError(f"unknown model {name!r}: {where}and not in kit's catalog (see `kit models list`)")
+
+
+def find_cached(repo_id: str, site=None, account: str | None = None) -> Path | None:
+    """The repo's snapshot in the first shared cache that has it (see cache_dirs)."""
+    return next((snap for cache in cache_dirs(site, account) if (snap := cached_snapshot(repo_id, cache))), None)
 
 
 def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
