@@ -16,10 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from kit.budget import GIB, finetune_breakdown, lora_trainable, serve_breakdown, weight_bytes
+from kit.plan.memory import GIB, finetune_breakdown, lora_trainable, serve_breakdown, weight_bytes
 from kit.models import catalog
 from kit.models.resolve import from_catalog
-from kit.plan import engines
+from kit.engines import engines
 
 HERE = Path(__file__).resolve().parent
 
@@ -101,7 +101,7 @@ def finetune_estimate(case: dict) -> tuple[float, str]:
     if case["metric"] == "peak_allocated":
         return allocated / GIB, "GiB"
     if case["metric"] == "peak_reserved":
-        from kit.budget import constants
+        from kit.plan.memory import constants
 
         return allocated * (1 + constants()["finetune"]["fragmentation"]) / GIB, "GiB"
     raise ValueError(case["metric"])

@@ -1,7 +1,8 @@
-"""Small file-system checks shared by the commands that write (state, images, caches)."""
+"""Small file-system helpers shared by the commands that write (state, images, caches)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -18,3 +19,18 @@ def writable_dir(path: Path, what: str, hint: str = "") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise KitError(f"{what} {path}: not writable{suffix}")
     return path
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temp file and rename: readers see the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise KitError(f"{path}: cannot write it ({e.strerror})") from None
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

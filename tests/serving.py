@@ -6,7 +6,7 @@ import re
 import shlex
 from pathlib import Path
 
-from kit import serve
+from kit.jobs import serve
 from kit.models import catalog
 from kit.models.resolve import from_catalog
 from kit.plan import plan_serve

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from fakeregistry import FakeRegistry
-from kit.images import check_agreement, load_lock, parse_def
+from kit.images.definition import check_agreement, parse_def
+from kit.images.lock import load_lock
 from kitrun import kit
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -232,8 +232,16 @@ def test_70b_bf16_takes_four_80gb_a100s():
     assert (plan["gpus"], plan["gpu_type"], plan["gres"], plan["constraint"]) == (4, "a100-80", "gpu:a100:4", "sxm")
 
 
-def test_quantize_choices_match_the_memory_model():
-    from kit.budget import constants
-    from kit.plan import QUANTIZE_CHOICES
+def test_engine_quantizations_are_known_to_the_memory_model():
+    """engines.yaml may offer only quantizations memory.yaml can size, and the planner's
+    fallbacks only quantizations that exist."""
+    from kit.engines import engines
+    from kit.plan import quantize_choices
+    from kit.plan.memory import constants
 
-    assert set(QUANTIZE_CHOICES) == set(constants()["quantizations"])
+    known = set(quantize_choices())
+    for name, facts in engines().items():
+        assert set(facts["quantize"]) <= known, name
+    assert set(constants()["suggest_order"]) <= known
+    assert set(constants()["checkpoint_methods"].values()) | set(constants()["checkpoint_4bit"].values()) <= known
+    assert {m["base_quantization"] for m in constants()["finetune"]["methods"].values()} - {None} <= known

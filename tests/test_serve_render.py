@@ -10,7 +10,6 @@ import subprocess
 import pytest
 import yaml
 
-from kit.resources import data_file
 from kit.sites import load_site
 from serving import ROOT, build_job, engine_command, engine_flags
 
@@ -19,7 +18,7 @@ SITES = {"quest": "p12345", "klc": "kellogg"}
 
 
 def pinned_flags() -> dict:
-    return yaml.safe_load(data_file("engine_flags.yaml").read_text())
+    return yaml.safe_load((ROOT / "tests" / "engine_flags.yaml").read_text())
 
 
 @pytest.fixture
@@ -33,7 +32,7 @@ def fixed_env(monkeypatch):
 @pytest.mark.parametrize("engine", ["tgi", "vllm"])
 @pytest.mark.parametrize("site_name", SITES)
 def test_golden_scripts(fixed_env, monkeypatch, engine, site_name):
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     site = load_site(site_name).site
     job = build_job(site, engine, account=SITES[site_name])
     golden = GOLDEN / f"serve-{engine}-{site_name}.sbatch"
@@ -45,7 +44,7 @@ def test_golden_scripts(fixed_env, monkeypatch, engine, site_name):
 @pytest.mark.parametrize("engine", ["tgi", "vllm"])
 @pytest.mark.parametrize("site_name", SITES)
 def test_engine_flags_exist_in_the_pinned_version(fixed_env, monkeypatch, engine, site_name):
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     site = load_site(site_name).site
     FLAGS = pinned_flags()
     for options in ({}, {"quantize": "bitsandbytes-nf4"}, {"quantize": "fp8", "gpus": 2}):
@@ -60,7 +59,7 @@ def test_engine_flags_exist_in_the_pinned_version(fixed_env, monkeypatch, engine
 
 
 def test_values_reaching_the_shell_are_quoted(fixed_env, monkeypatch, tmp_path):
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     odd = tmp_path / "it's a $(dir)"
     odd.mkdir()
     site_file = tmp_path / "odd.yaml"
@@ -78,7 +77,7 @@ def test_values_reaching_the_shell_are_quoted(fixed_env, monkeypatch, tmp_path):
 
 
 def test_sbatch_lines_carry_no_shell_variables(fixed_env, monkeypatch):
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     for site_name, account in SITES.items():
         for engine in ("tgi", "vllm"):
             script = build_job(load_site(site_name).site, engine, account=account).script
@@ -88,7 +87,7 @@ def test_sbatch_lines_carry_no_shell_variables(fixed_env, monkeypatch):
 
 
 def test_site_can_drop_and_add_directives(fixed_env, monkeypatch, tmp_path):
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     user = tmp_path / "xdg" / "kit" / "sites"
     user.mkdir(parents=True)
     (user / "klc.yaml").write_text("sbatch: {drop: [--mem], extra: [--qos=gpu-normal, --exclusive]}\n")
@@ -99,7 +98,7 @@ def test_site_can_drop_and_add_directives(fixed_env, monkeypatch, tmp_path):
 
 
 def test_api_key_is_never_in_the_script(fixed_env, monkeypatch):
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     script = build_job(load_site("quest").site, "tgi", account="p12345").script
     assert re.search(r'SINGULARITYENV_API_KEY="\$KIT_API_KEY"', script)
     assert 'KIT_API_KEY=$(<"$KIT_API_KEY_FILE")' in script
@@ -110,7 +109,7 @@ def test_api_key_is_never_in_the_script(fixed_env, monkeypatch):
 @pytest.mark.parametrize("engine", ["tgi", "vllm"])
 @pytest.mark.parametrize("site_name", SITES)
 def test_sbatch_test_only_accepts_every_rendered_script(slurm_cluster, fixed_env, monkeypatch, tmp_path, engine, site_name):
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     site = load_site(site_name).site
     models = ["meta-llama/Llama-3.1-8B-Instruct", "meta-llama/Llama-3.1-70B-Instruct", "Qwen/Qwen2.5-14B-Instruct"]
     seen = set()
@@ -132,12 +131,12 @@ def test_sbatch_test_only_accepts_every_rendered_script(slurm_cluster, fixed_env
 def test_lora_adapters_are_bound_and_passed_with_the_engines_flags(fixed_env, monkeypatch, tmp_path, engine):
     import json as _json
 
-    from kit import serve
+    from kit.jobs import serve
     from kit.models import catalog
     from kit.models.resolve import from_catalog
     from kit.plan import plan_serve
 
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     adapter = tmp_path / "legal-lora"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(_json.dumps({"r": 24, "peft_type": "LORA"}))
@@ -166,12 +165,12 @@ def test_lora_adapters_are_bound_and_passed_with_the_engines_flags(fixed_env, mo
 
 
 def test_a_hub_adapter_cannot_be_downloaded_by_an_offline_job(fixed_env, monkeypatch, tmp_path):
-    from kit import serve
+    from kit.jobs import serve
     from kit.errors import KitError
     from kit.models.resolve import from_directory
     from kit.plan import plan_serve
 
-    monkeypatch.setattr("kit.jobs.ensure_writable", lambda root: None)
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(json.dumps(

@@ -257,6 +257,19 @@ FAMILIES: dict[str, Callable[[dict], Layout]] = {
 }
 
 
+# Context lengths for families whose config.json does not state one (what they were trained at).
+DEFAULT_CONTEXT: dict[str, int] = {
+    "falcon": 2048,  # Falcon's config has no max_position_embeddings
+}
+
+
+def max_context(cfg: dict) -> int | None:
+    """The longest sequence a config allows, from whichever key its family uses."""
+    value = cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("max_sequence_length")
+    value = value or DEFAULT_CONTEXT.get(cfg.get("model_type") or "")
+    return int(value) if value else None
+
+
 class UnsupportedArchitecture(KitError):
     pass
 

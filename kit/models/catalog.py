@@ -1,20 +1,21 @@
 """The packaged catalog: config.json subsets of popular open models, so planning works offline.
 
 Each entry holds the Hub's own config keys and the published parameter count with its source
-(``kit/data/catalog.json``); tests check that kit's count from the config equals it.
+(``catalog.json`` beside this module); tests check that kit's count from the config equals it.
 """
 
 from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 
-from kit.resources import data_file
+CATALOG_FILE = Path(__file__).resolve().parent / "catalog.json"
 
 
 @lru_cache(maxsize=1)
 def entries() -> list[dict]:
-    return json.loads(data_file("catalog.json").read_text())
+    return json.loads(CATALOG_FILE.read_text())
 
 
 @lru_cache(maxsize=1)

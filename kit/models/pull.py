@@ -32,3 +32,10 @@ def pull(repo_id: str, to: str, *, revision: str | None = None, allow_patterns: 
 
     with hub_errors(repo_id, revision, "download failed"):
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache), allow_patterns=allow_patterns))
+
+
+def default_cache_dir(site, account: str | None) -> str:
+    """Where `kit models pull` puts a model without --to: the site's shared model cache."""
+    from kit.sites import account_path
+
+    return account_path(site, site.paths.model_cache, account, "model cache")

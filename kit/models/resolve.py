@@ -15,7 +15,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.models import catalog
-from kit.models.arch import Layout, UnsupportedArchitecture, layout_from_config
+from kit.models.arch import Layout, UnsupportedArchitecture, layout_from_config, max_context
 from kit.models.hub import hub_errors, hub_reachable
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -87,14 +87,13 @@ class ModelInfo:
 
 def cache_dirs(site=None, account: str | None = None) -> list[Path]:
     """The shared model cache of the site, then the user's HF cache."""
-    from kit.sites import expand_user_path
+    from kit.sites import account_path
 
     dirs: list[Path] = []
     if site is not None:
-        cache = site.paths.model_cache
-        account = account or site.account.default
-        if "{account}" not in cache or account:
-            dirs.append(Path(expand_user_path(cache, account)))
+        shared = account_path(site, site.paths.model_cache, account, "model cache", required=False)
+        if shared is not None:
+            dirs.append(Path(shared))
     hf_home = os.environ.get("HF_HOME") or str(Path.home() / ".cache" / "huggingface")
     dirs.append(Path(os.environ.get("HF_HUB_CACHE") or os.path.join(hf_home, "hub")))
     return dirs
@@ -239,9 +238,6 @@ def from_catalog(name: str, entry: dict) -> ModelInfo:
 
 def make_info(name, source, location, cfg, layout, params, active, params_from, warnings) -> ModelInfo:
     dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16")
-    max_context = cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("max_sequence_length")
-    if max_context is None and cfg.get("model_type") == "falcon":
-        max_context = 2048  # Falcon's config has no max_position_embeddings; it was trained at 2048
     return ModelInfo(
         name=name,
         source=source,
@@ -252,7 +248,7 @@ def make_info(name, source, location, cfg, layout, params, active, params_from, 
         active_params=active,
         params_from=params_from,
         dtype=dtype,
-        max_context=int(max_context) if max_context else None,
+        max_context=max_context(cfg),
         quantization=cfg.get("quantization_config"),
         warnings=warnings,
     )

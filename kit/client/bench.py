@@ -1,68 +1,15 @@
-"""Talking to a served model: chat and a short load test, through huggingface_hub's
-InferenceClient against the engines' OpenAI-compatible API (TGI and vLLM alike)."""
+"""A short load test against a served model: N streamed requests, some at once; time to first
+token, tokens per second, errors."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from kit.errors import KitError
-
-
-def inference_client(url: str, api_key: str | None, timeout: float = 120):
-    # InferenceClient refuses every URL, even a node on the cluster network, while
-    # HF_HUB_OFFLINE is set (research notes, feasibility.md §2); jobs set it, kit's client must not.
-    os.environ.pop("HF_HUB_OFFLINE", None)
-    from huggingface_hub import InferenceClient, constants
-
-    constants.HF_HUB_OFFLINE = False
-    return InferenceClient(base_url=url.rstrip("/") + "/v1", api_key=api_key or "-", timeout=timeout)
-
-
-def served_model(url: str, api_key: str | None) -> str:
-    """The model name a server expects (vLLM rejects names it does not serve; TGI takes "tgi")."""
-    import json
-    import urllib.request
-
-    req = urllib.request.Request(f"{url}/v1/models", headers={"Authorization": f"Bearer {api_key or '-'}"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(req, timeout=10) as resp:
-            models = json.loads(resp.read()).get("data") or []
-    except (OSError, ValueError):
-        return "tgi"  # unknown server: TGI's name for its base model
-    return models[0]["id"] if models and models[0].get("id") else "tgi"
-
-
-def chat(url: str, api_key: str | None, model: str, messages: list[dict], *, max_tokens: int = 256,
-         temperature: float | None = None, stream=None):
-    """Send one chat turn; with ``stream`` (a callable) each text piece goes to it as it arrives."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    client = inference_client(url, api_key)
-    try:
-        if stream is None:
-            out = client.chat_completion(messages=messages, model=model, max_tokens=max_tokens, temperature=temperature)
-            return out.choices[0].message.content or ""
-        pieces = []
-        for chunk in client.chat_completion(messages=messages, model=model, max_tokens=max_tokens,
-                                            temperature=temperature, stream=True):
-            delta = chunk.choices[0].delta.content if chunk.choices else None
-            if delta:
-                pieces.append(delta)
-                stream(delta)
-        return "".join(pieces)
-    except HfHubHTTPError as e:
-        status = getattr(e.response, "status_code", None)
-        if status == 401:
-            raise KitError(f"{url}: the server refused the API key (401)") from None
-        raise KitError(f"{url}: request failed: {str(e).splitlines()[0]}") from None
-    except (OSError, ConnectionError) as e:
-        raise KitError(f"{url}: cannot reach the server: {e}") from None
+from kit.client.connection import inference_client
 
 
 @dataclass

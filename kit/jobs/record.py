@@ -14,18 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.fs import writable_dir
-
-DEFAULT_STATE_DIR = "~/.kit"
+from kit.fs import writable_dir, write_json
 
 
 def state_root(site=None) -> Path:
-    """Where records live: the site's state_dir (KIT_STATE_DIR overrides it), else ~/.kit."""
-    from kit.sites import expand_user_path
+    """Where records live: ``jobs/`` under the site's state dir (KIT_STATE_DIR overrides it), else
+    under KIT_STATE_DIR or ~/.kit."""
+    from kit.sites.paths import state_dir
 
-    if site is not None:
-        return Path(expand_user_path(site.paths.state_dir)) / "jobs"
-    return Path(expand_user_path(os.environ.get("KIT_STATE_DIR") or DEFAULT_STATE_DIR)) / "jobs"
+    return state_dir(site) / "jobs"
 
 
 def ensure_writable(root: Path) -> None:
@@ -75,12 +72,6 @@ class JobRecord:
         write_json(self.dir / "record.json", self.data)
 
 
-def write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
 def write_secret(path: Path) -> None:
     """A new random API key in a file only the owner can read (created 0600, never rewritten)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -112,3 +103,11 @@ def find(root: Path, ref: str) -> JobRecord:
             raise KitError(f"job {ref} is not a kit job (no record under {root}); kit manages only the jobs it started")
         raise KitError(f"unknown job {ref}: no kit record under {root} and Slurm does not know it")
     raise KitError(f"unknown job {ref!r}: no kit job of that name under {root} (see `kit jobs`)")
+
+
+def lookup(ref: str, site: str | None = None) -> JobRecord:
+    """JOB as the commands take it (a Slurm job id or a kit job name), in the state dir of --site
+    (or KIT_SITE), else the default state dir."""
+    from kit.sites import load_site_if_given
+
+    return find(state_root(load_site_if_given(site)), ref)

@@ -1,25 +1,23 @@
 """Per-GPU memory terms for serving and fine-tuning (research notes, memory.md §4).
 
-Pure arithmetic over a model Layout and constants from ``kit/data/memory.yaml``; the planner
-(kit/plan.py) decides which allocations to try.
+Pure arithmetic over a model Layout and the constants in ``memory.yaml`` beside this module;
+the planner (``kit.plan.search``) decides which allocations to try.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from pathlib import Path
 
 from kit.models.arch import Layout
-from kit.resources import data_file
+from kit.resources import packaged_yaml
 
 GIB = 1024**3
+MEMORY_FILE = Path(__file__).resolve().parent / "memory.yaml"
 
 
-@lru_cache(maxsize=1)
 def constants() -> dict:
-    import yaml
-
-    return yaml.load(data_file("memory.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return packaged_yaml(MEMORY_FILE)
 
 
 @dataclass
@@ -48,11 +46,12 @@ class Breakdown:
 
 
 def quant_facts(quantize: str, checkpoint: dict | None = None) -> dict:
-    """Bytes per quantized parameter; a GPTQ/AWQ checkpoint's own bits and group size win."""
+    """Bytes per quantized parameter; a pre-quantized checkpoint's own bits and group size win
+    (the config keys memory.yaml names for that quantization)."""
     q = dict(constants()["quantizations"][quantize])
-    if checkpoint and quantize in ("gptq", "awq"):
-        bits = int(checkpoint.get("bits") or checkpoint.get("w_bit") or 4)
-        group = int(checkpoint.get("group_size") or checkpoint.get("q_group_size") or 128)
+    if checkpoint and "checkpoint_bits" in q:
+        bits = int(next((checkpoint[k] for k in q["checkpoint_bits"] if checkpoint.get(k)), 4))
+        group = int(next((checkpoint[k] for k in q["checkpoint_group"] if checkpoint.get(k)), 128))
         q["bytes"] = bits / 8
         q["overhead"] = 0.0 if group <= 0 else (2 + bits / 8) / group  # fp16 scale + packed zero per group
     return q
@@ -123,20 +122,16 @@ def finetune_breakdown(layout: Layout, *, n: int, method: str, seq_len: int, bat
     With n > 1 kit plans FSDP full sharding: weights, gradients and optimizer states divide by n;
     activations and logits are per micro-batch on every GPU (memory.md §4.2)."""
     c = constants()["finetune"]
-    quant = constants()["quantizations"]["bitsandbytes-nf4"]
     params = layout.params
     opt = c["optimizers"][optimizer]
-    if method == "full":
+    base_quantization = c["methods"][method]["base_quantization"]
+    if base_quantization is None:  # the base model itself is trained
         weights = params * c["full_bytes"]["weights"]
         grads = params * c["full_bytes"]["gradients"]
         opt_bytes = opt.get("bytes", opt.get("states", 0) * c["full_bytes"]["weights"])
-    else:
+    else:  # a frozen base (16-bit, or quantized as memory.yaml says) plus the adapters
         opt_bytes = opt.get("bytes", opt.get("states", 0) * c["adapter_bytes"]["weights"])
-        if method == "qlora":
-            linear = layout.linear_params
-            base = linear * (quant["bytes"] + quant["overhead"]) + (params - linear) * 2
-        else:
-            base = params * 2
+        base = weight_bytes(layout, 1, constants()["dtype_bytes"]["bfloat16"], base_quantization)
         weights = base + trainable * c["adapter_bytes"]["weights"]
         grads = trainable * c["adapter_bytes"]["gradients"]
     tokens = batch_size * seq_len

@@ -1,11 +1,11 @@
-"""Human output: rich tables for sites, models and plans (``--json`` bypasses this module)."""
+"""Human output: rich tables for sites, models, plans, jobs and images (``--json`` bypasses this module)."""
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
-
-import sys
 
 # Piped output (logs, CI, `| less`) gets 120 columns instead of rich's 80.
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)

@@ -1,0 +1,1 @@
+"""Talking to what kit started: ``connection`` (InferenceClient, JOB or URL), ``chat``, ``bench``."""

@@ -1,0 +1,99 @@
+"""What every kit job is before it is submitted: a JobSpec (rendered script, plan, request,
+record), and the pieces all job kinds share: walltime, account, name, host resources and the
+#SBATCH directives."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit import slurm
+from kit.errors import KitError
+from kit.jobs import render
+
+SIGNAL_LEAD_S = 120
+
+
+@dataclass
+class JobSpec:
+    """Everything needed to write and submit one job. ``site`` and ``account`` travel with it so
+    that submit can check the image against the lock for that site."""
+
+    name: str
+    job_dir: Path
+    script: str
+    plan: dict
+    request: dict
+    record: dict
+    site: object
+    account: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def walltime(site, partition: str, requested: str | None) -> str:
+    text = requested or site.defaults.walltime
+    try:
+        minutes = slurm.parse_time_limit(text)
+    except (ValueError, KitError):
+        minutes = -1
+    if minutes is None or minutes <= 0:
+        raise KitError(f"--time {text}: not a Slurm time limit (e.g. 4:00:00 or 2-00:00:00)")
+    limit = site.partitions[partition].max_minutes
+    if limit is not None and minutes > limit:
+        raise KitError(f"--time {text}: over the {partition} partition's limit of {slurm.format_minutes(limit)} on {site.name}")
+    return slurm.format_minutes(minutes)
+
+
+def require_account(site, account: str | None) -> str | None:
+    chosen = account or site.account.default
+    if chosen is None and site.account.pattern:
+        raise KitError(f"--account: {site.name} jobs need an account (like {site.account.placeholder}); "
+                       f"pass --account or set KIT_ACCOUNT")
+    if chosen and site.account.pattern and not re.match(site.account.pattern, chosen):
+        raise KitError(f"--account {chosen}: does not look like an account on {site.name} "
+                       f"(pattern {site.account.pattern}, e.g. {site.account.placeholder})")
+    return chosen
+
+
+def job_name(stem: str, prefix: str, name: str | None) -> str:
+    """--name as given (checked), else PREFIX-STEM-xxxx from a model name."""
+    if name:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+            raise KitError(f"--name {name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
+        return name
+    short = re.sub(r"[^a-z0-9.]+", "-", stem.rstrip("/").split("/")[-1].lower()).strip("-")[:40]
+    return f"{prefix}-{short}-{os.urandom(2).hex()}"
+
+
+def host_resources(site, plan: dict) -> tuple[int, int]:
+    tier = site.partitions[plan["partition"]].gpu_tiers[plan["gpu_type"]]
+    per_node = plan["gpus"] // plan["nodes"]
+    cpus = site.defaults.cpus_per_gpu * per_node
+    if tier.cpus_per_node:
+        cpus = min(cpus, tier.cpus_per_node)
+    mem = site.defaults.mem_per_gpu_gb * per_node
+    if tier.mem_per_node_gb:
+        mem = min(mem, int(tier.mem_per_node_gb * 0.9))
+    return cpus, mem
+
+
+def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: str, job_dir: Path) -> list[str]:
+    """The #SBATCH lines of a GPU job as planned, after the site's own additions and drops."""
+    cpus, mem = host_resources(site, plan)
+    directives = [
+        render.directive("--job-name", name),
+        *([render.directive("--account", account)] if account else []),
+        render.directive("--partition", plan["partition"]),
+        render.directive("--nodes", plan["nodes"]),
+        render.directive("--ntasks-per-node", 1),
+        render.directive("--gres", plan["gres"]),
+        *([render.directive("--constraint", plan["constraint"])] if plan["constraint"] else []),
+        render.directive("--cpus-per-task", cpus),
+        render.directive("--mem", f"{mem}G"),
+        render.directive("--time", limit),
+        render.directive("--output", f"{job_dir}/slurm-%j.out"),
+        render.directive("--signal", f"B:USR1@{SIGNAL_LEAD_S}"),
+    ]
+    return render.apply_site_directives(directives, site.sbatch)

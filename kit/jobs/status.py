@@ -1,0 +1,75 @@
+"""One job's status: Slurm's state (pending, running, finished and why), the files the job
+writes into its record directory (endpoint.json; `failed` with the reason it stopped itself),
+and the engine's ``/health``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kit import slurm
+from kit.jobs.endpoint import endpoint_url, health
+from kit.jobs.record import JobRecord
+
+
+def job_state(record: JobRecord) -> slurm.JobState:
+    return slurm.job_state(record.job_id, record.data.get("accounting", False))
+
+
+@dataclass
+class Status:
+    record: JobRecord
+    slurm: slurm.JobState
+    url: str | None
+    health: int | None
+
+    @property
+    def ready(self) -> bool:
+        """The engine answers /health and the job has seen it too (endpoint.json says ready)."""
+        ep = self.record.endpoint() or {}
+        return self.health == 200 and ep.get("state") == "ready"
+
+    def as_dict(self) -> dict:
+        ep = self.record.endpoint() or {}
+        return {
+            "name": self.record.name,
+            "job_id": self.record.job_id,
+            "state": self.slurm.state,
+            "reason": self.slurm.reason,
+            "nodes": self.slurm.nodes,
+            "exit_code": self.slurm.exit_code,
+            "state_source": self.slurm.source,
+            "url": self.url,
+            "endpoint_state": ep.get("state"),
+            "ready": self.ready,
+            "failure": self.record.failure(),
+            "model": self.record.data.get("model"),
+            "engine": self.record.data.get("engine"),
+            "site": self.record.data.get("site"),
+            "log": str(self.record.log_path),
+        }
+
+
+def status(record: JobRecord, check_health: bool = True, state: slurm.JobState | None = None) -> Status:
+    state = state or job_state(record)
+    url = endpoint_url(record)
+    alive = state.state.startswith("RUNNING")
+    code = health(url) if (check_health and url and alive) else None
+    return Status(record, state, url, code)
+
+
+def describe(st: Status) -> str:
+    text = st.slurm.state
+    if st.slurm.reason:
+        text += f" ({st.slurm.reason})"
+    if st.slurm.nodes and st.slurm.state.startswith("RUNNING"):
+        text += f" on {st.slurm.nodes}"
+    return text
+
+
+def progress(st: Status) -> str:
+    """What `kit wait` says about a job at each change."""
+    if st.ready:
+        return f"ready: {st.url}"
+    if st.url:
+        return f"{describe(st)}: engine starting at {st.url}"
+    return describe(st)

@@ -1,0 +1,96 @@
+"""Fine-tune plans: full, LoRA or QLoRA on the cheapest allocation whose peak memory fits, and
+the cheapest change that would make a config fit when none does."""
+
+from __future__ import annotations
+
+from kit.errors import KitError
+from kit.models.arch import Layout
+from kit.models.resolve import ModelInfo
+from kit.plan.memory import Breakdown, constants, finetune_breakdown, lora_trainable
+from kit.plan.search import Option, base_result, check_gpu_count, fill_choice, gib, walk
+
+
+def methods() -> list[str]:
+    """full, lora, qlora: memory.yaml's ``finetune.methods``."""
+    return list(constants()["finetune"]["methods"])
+
+
+def parse_targets(layout: Layout, targets: str) -> list[str] | None:
+    if targets in ("all-linear", "all"):
+        return None
+    names = [t.strip() for t in targets.split(",") if t.strip()]
+    known = layout.linear_names()
+    unknown = [t for t in names if t not in known]
+    if unknown or not names:
+        raise KitError(f"--lora-targets {targets}: {', '.join(unknown) or 'empty'} not a linear module of this "
+                       f"model (allowed: all-linear or a comma list of {', '.join(known)})")
+    return names
+
+
+def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len: int | None = None,
+                  batch_size: int | None = None, grad_ckpt: bool | None = None, lora_r: int | None = None,
+                  lora_targets: str | None = None, optimizer: str | None = None, partition: str | None = None,
+                  gpu: str | None = None, gpus: int | None = None) -> dict:
+    d = constants()["finetune"]["defaults"]
+
+    def default(value, key):
+        return d[key] if value is None else value
+
+    method, seq_len, batch_size = default(method, "method"), default(seq_len, "seq_len"), default(batch_size, "batch_size")
+    grad_ckpt, lora_r = default(grad_ckpt, "grad_ckpt"), default(lora_r, "lora_r")
+    lora_targets, optimizer = default(lora_targets, "lora_targets"), default(optimizer, "optimizer")
+    if method not in methods():
+        raise KitError(f"--method {method}: allowed values are {', '.join(methods())}")
+    optimizers = constants()["finetune"]["optimizers"]
+    if optimizer not in optimizers:
+        raise KitError(f"--optimizer {optimizer}: allowed values are {', '.join(optimizers)}")
+    for flag, value in (("--seq-len", seq_len), ("--batch-size", batch_size), ("--lora-r", lora_r)):
+        if value < 1:
+            raise KitError(f"{flag} {value}: must be at least 1")
+    layout = model.require_layout()
+    if model.max_context and seq_len > model.max_context:
+        raise KitError(f"--seq-len {seq_len}: over {model.name}'s context of {model.max_context} tokens")
+    check_gpu_count(gpus, site, None, [])
+    targets = parse_targets(layout, lora_targets)
+    trainable = model.params if method == "full" else lora_trainable(layout, lora_r, targets)
+
+    def evaluate(option: Option) -> tuple[Breakdown, str | None]:
+        b = finetune_breakdown(layout, n=option.gpus, method=method, seq_len=seq_len, batch_size=batch_size,
+                               grad_ckpt=grad_ckpt, trainable=trainable, optimizer=optimizer,
+                               gpu_gib=option.tier.usable_gib)
+        if b.total > b.usable:
+            top = max(b.terms, key=b.terms.get)
+            return b, f"needs {gib(b.total)} per GPU, usable {gib(b.usable)}; largest term: {top} {gib(b.terms[top])}"
+        return b, None
+
+    sizes = [gpus] if gpus else [1, 2, 4, 8]
+    w = walk(site, partition, gpu, sizes, evaluate)
+    result = fill_choice(base_result(model, "finetune", site), w)
+    result.update(method=method, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
+                  lora_r=None if method == "full" else lora_r,
+                  lora_targets=None if method == "full" else lora_targets, optimizer=optimizer,
+                  trainable_params=trainable, strategy=None)
+    if w.chosen is not None:
+        n = w.chosen.gpus
+        result["strategy"] = "fsdp" if n > 1 else "single-gpu"
+        args = ["--method", method, "--seq-len", str(seq_len), "--batch-size", str(batch_size),
+                "--grad-ckpt" if grad_ckpt else "--no-grad-ckpt", "--optimizer", optimizer]
+        if method != "full":
+            args += ["--lora-r", str(lora_r), "--lora-targets", lora_targets]
+        args += ["--nproc-per-node", str(n)] + (["--fsdp"] if n > 1 else [])
+        result["engine_args"] = args
+    else:
+        result["suggestion"] = finetune_lever(method, grad_ckpt, optimizer)
+    return result
+
+
+def finetune_lever(method: str, grad_ckpt: bool, optimizer: str) -> dict | None:
+    if not grad_ckpt:
+        return {"text": "turn on --grad-ckpt (activations dominate without it)"}
+    if method == "full":
+        return {"text": "use --method lora or --method qlora"}
+    if method == "lora":
+        return {"text": "use --method qlora (4-bit base weights)"}
+    if optimizer in ("adamw", "paged_adamw_32bit"):
+        return {"text": "use --optimizer paged_adamw_8bit, a shorter --seq-len or a smaller --lora-r"}
+    return {"text": "use a shorter --seq-len or a smaller model"}
