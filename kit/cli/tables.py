@@ -130,7 +130,7 @@ def plan_report(r: dict) -> None:
         console.print(f"serve with {r['engine']} {r['engine_version']}: {r['dtype']}{q}, up to {r['max_total_tokens']:,} "
                       f"tokens per request ({r['max_input_tokens']:,} input), {r['concurrency']} at once")
     else:
-        lora = "" if r["method"] == "full" else f", LoRA r={r['lora_r']} on {r['lora_targets']}"
+        lora = "" if r["lora_r"] is None else f", LoRA r={r['lora_r']} on {r['lora_targets']}"
         console.print(f"fine-tune ({r['method']}{lora}): seq {r['seq_len']}, batch {r['batch_size']}, "
                       f"grad-ckpt {'on' if r['grad_ckpt'] else 'off'}, {r['optimizer']}; "
                       f"{r['trainable_params']:,} trainable parameters")

@@ -52,7 +52,8 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
         raise KitError(f"--seq-len {seq_len}: over {model.name}'s context of {model.max_context} tokens")
     check_gpu_count(gpus, site, None, [])
     targets = parse_targets(layout, lora_targets)
-    trainable = model.params if method == "full" else lora_trainable(layout, lora_r, targets)
+    adapters = constants()["finetune"]["methods"][method]["adapters"]
+    trainable = lora_trainable(layout, lora_r, targets) if adapters else model.params
 
     def evaluate(option: Option) -> tuple[Breakdown, str | None]:
         b = finetune_breakdown(layout, n=option.gpus, method=method, seq_len=seq_len, batch_size=batch_size,
@@ -67,15 +68,15 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
     w = walk(site, partition, gpu, sizes, evaluate)
     result = fill_choice(base_result(model, "finetune", site), w)
     result.update(method=method, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
-                  lora_r=None if method == "full" else lora_r,
-                  lora_targets=None if method == "full" else lora_targets, optimizer=optimizer,
+                  lora_r=lora_r if adapters else None,
+                  lora_targets=lora_targets if adapters else None, optimizer=optimizer,
                   trainable_params=trainable, strategy=None)
     if w.chosen is not None:
         n = w.chosen.gpus
         result["strategy"] = "fsdp" if n > 1 else "single-gpu"
         args = ["--method", method, "--seq-len", str(seq_len), "--batch-size", str(batch_size),
                 "--grad-ckpt" if grad_ckpt else "--no-grad-ckpt", "--optimizer", optimizer]
-        if method != "full":
+        if adapters:
             args += ["--lora-r", str(lora_r), "--lora-targets", lora_targets]
         args += ["--nproc-per-node", str(n)] + (["--fsdp"] if n > 1 else [])
         result["engine_args"] = args
@@ -87,10 +88,9 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
 def finetune_lever(method: str, grad_ckpt: bool, optimizer: str) -> dict | None:
     if not grad_ckpt:
         return {"text": "turn on --grad-ckpt (activations dominate without it)"}
-    if method == "full":
-        return {"text": "use --method lora or --method qlora"}
-    if method == "lora":
-        return {"text": "use --method qlora (4-bit base weights)"}
-    if optimizer in ("adamw", "paged_adamw_32bit"):
-        return {"text": "use --optimizer paged_adamw_8bit, a shorter --seq-len or a smaller --lora-r"}
+    c = constants()["finetune"]
+    if c["methods"][method]["lighter"]:
+        return {"text": c["methods"][method]["lighter"]}
+    if c["optimizers"][optimizer].get("lighter"):
+        return {"text": f"use --optimizer {c['optimizers'][optimizer]['lighter']}, a shorter --seq-len or a smaller --lora-r"}
     return {"text": "use a shorter --seq-len or a smaller model"}
