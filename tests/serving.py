@@ -26,8 +26,9 @@ def build_job(site, engine: str, model_id: str = "meta-llama/Llama-3.1-8B-Instru
 
 def engine_command(script: str) -> list[str]:
     """The engine's argv as rendered: from the runtime call up to the trailing '&'."""
-    match = re.search(r'^("\$KIT_RUNTIME" (?:run|exec) .*?) > >\(kit_redact\) 2>&1 &$', script, re.MULTILINE | re.DOTALL)
-    assert match, "no engine command (with its output through kit_redact) in the script"
+    match = re.search(r'^("\$KIT_RUNTIME" (?:run|exec) --nv .*?) > "\$KIT_RUN_DIR/engine.out" 2>&1 &$', script,
+                      re.MULTILINE | re.DOTALL)
+    assert match, "no engine command (with its output through the redacting pipe) in the script"
     return shlex.split(match.group(1).replace("\\\n", " "))
 
 

@@ -100,8 +100,10 @@ def test_site_can_drop_and_add_directives(fixed_env, monkeypatch, tmp_path):
 def test_api_key_is_never_in_the_script(fixed_env, monkeypatch):
     monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
     script = build_job(load_site("quest").site, "tgi", account="p12345").script
-    assert re.search(r'SINGULARITYENV_API_KEY="\$KIT_API_KEY"', script)
-    assert 'KIT_API_KEY=$(<"$KIT_API_KEY_FILE")' in script
+    # The engine gets the job's internal key from its file, through the environment; the guard
+    # reads the clients' key from the 0600 file itself. Neither is ever on a command line.
+    assert 'export SINGULARITYENV_API_KEY="$(<"$KIT_ENGINE_KEY_FILE")"' in script
+    assert '--key-file "$KIT_API_KEY_FILE" --upstream-key-file "$KIT_ENGINE_KEY_FILE"' in script
     assert "--api-key" not in script  # never on a command line, where `ps` would show it
 
 

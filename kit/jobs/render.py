@@ -18,6 +18,12 @@ def quote(value) -> str:
     return shlex.quote(str(value))
 
 
+def comment(value) -> str:
+    """A value shown in a `#` comment line: control characters (a newline would end the comment
+    and start a command) are written as escapes."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group(0)):02x}", str(value))
+
+
 @lru_cache(maxsize=1)
 def environment():
     import jinja2
@@ -31,6 +37,7 @@ def environment():
         autoescape=False,
     )
     env.filters["q"] = quote
+    env.filters["comment"] = comment
     return env
 
 

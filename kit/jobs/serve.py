@@ -91,6 +91,7 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         model=place,
         writable_dirs=writable,
         port_range=site.network.port_range,
+        port_dir=site.network.port_dir,
         extra_ports=engine["serve"]["extra_ports"],
         container_env=sorted(env.items()),
         api_key_env=engine["serve"]["api_key_env"],
@@ -131,7 +132,8 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         "tunnel": site.network.tunnel,
         "accounting": site.accounting,
     }
-    return JobSpec(name, job_dir, script, plan, request, record, site, account, warnings)
+    guard = (Path(__file__).resolve().parents[1] / "guard" / "proxy.py").read_text()
+    return JobSpec(name, job_dir, script, plan, request, record, site, account, warnings, {"guard.py": guard})
 
 
 def serve_job(model: str, *, site: str | None, account: str | None, time: str | None = None,

@@ -30,6 +30,7 @@ class JobSpec:
     site: object
     account: str | None
     warnings: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # more files the job reads from its directory
 
 
 def walltime(site, partition: str, requested: str | None) -> str:

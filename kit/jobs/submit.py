@@ -31,10 +31,12 @@ def submit(job: JobSpec) -> JobRecord:
 
     slurm.require("sbatch")  # before anything is written
     verified_image(job.site, job.record["image_name"], job.account)
-    job.job_dir.mkdir(parents=True)
+    job.job_dir.mkdir(parents=True, mode=0o700)  # the record is its owner's alone
     try:
         write_secret(job.job_dir / "api_key")
         (job.job_dir / "job.sbatch").write_text(job.script)
+        for name, text in job.files.items():
+            (job.job_dir / name).write_text(text)
         write_json(job.job_dir / "plan.json", job.plan)
         write_json(job.job_dir / "request.json", job.request)
         write_json(job.job_dir / "record.json", job.record)

@@ -123,6 +123,8 @@ class Defaults(Strict):
 class Network(Strict):
     port_range: tuple[int, int]
     tunnel: str
+    # Where jobs reserve ports: a directory every job on a node sees (not a per-job private /tmp).
+    port_dir: Annotated[str, msgspec.Meta(pattern=r"^/")] = "/tmp/kit-ports"
 
     def __post_init__(self):
         lo, hi = self.port_range
