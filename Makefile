@@ -47,6 +47,7 @@ test: setup-test slurm-up
 bench: setup-test slurm-up
 	$(BIN)/python benchmarks/cli_latency.py
 	$(BIN)/python benchmarks/memory_accuracy.py
+	$(BIN)/python benchmarks/vecinf_compare.py
 	$(BIN)/python benchmarks/serve_overhead.py
 
 # Images (staff: on a host where the site's runtime and builds work; SITE=quest ACCOUNT=pXXXXX)

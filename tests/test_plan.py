@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from kit.models import catalog
 from kit.models.resolve import from_catalog
@@ -10,8 +11,11 @@ from kit.plan import plan_finetune, plan_serve
 from kit.sites import load_site
 from kitrun import kit
 
+ROOT = Path(__file__).resolve().parents[1]
 QUEST = load_site("quest").site
 KLC = load_site("klc").site
+VECINF_SITE = load_site(str(ROOT / "benchmarks" / "vecinf-l40s.yaml")).site  # L40S, 4 GPUs per node
+VECINF_CASES = yaml.safe_load((ROOT / "benchmarks" / "vecinf_cases.yaml").read_text())["cases"]
 
 JSON_KEYS = {"model", "params", "active_params", "task", "fits", "site", "partition", "gpu_type", "gpu_memory_gib",
              "gpus", "nodes", "constraint", "per_gpu", "engine_args", "rejected"}
@@ -245,3 +249,99 @@ def test_engine_quantizations_are_known_to_the_memory_model():
     assert set(constants()["suggest_order"]) <= known
     assert set(constants()["checkpoint_methods"].values()) | set(constants()["checkpoint_4bit"].values()) <= known
     assert {m["base_quantization"] for m in constants()["finetune"]["methods"].values()} - {None} <= known
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize("case", VECINF_CASES, ids=[c["vec_inf"] for c in VECINF_CASES])
+def test_never_more_gpus_than_vec_inf(case):
+    """vec-inf's catalog (vLLM on L40S) is the public anchor: kit's default plan for the same
+    checkpoint and context never asks for more GPUs, and what it plans fits vLLM's budget."""
+    plan = plan_serve(model(case["model"]), VECINF_SITE, engine="vllm", max_total_tokens=case["context"])
+    assert plan["fits"] == case.get("kit_fits", True), plan["rejected"]
+    if plan["fits"]:
+        assert plan["gpus"] <= case["gpus"]
+        per = plan["per_gpu"]
+        assert per["total_gib"] <= per["usable_gib"] and per["kv_cache_gib"] > 0
+        assert plan["fits_at_once"]["full_length"] >= 1 and plan["fits_at_once"]["typical"] >= 8
+        assert flag_value(plan["engine_args"], "--max-num-seqs") == str(plan["max_concurrent_requests"])
+    else:  # no larger allocation instead, and the reason on vec-inf's count is the KV room
+        at_vec_inf = [r["reason"] for r in plan["rejected"] if r["option"].startswith(f"{case['gpus']}x ")]
+        assert at_vec_inf and "KV cache for" in at_vec_inf[0]
+
+
+def test_default_sizing_holds_one_full_length_request_and_typical_ones():
+    plan = serve("meta-llama/Llama-3.1-8B-Instruct", site=KLC, engine="vllm", max_total_tokens=131072)
+    assert (plan["gpus"], plan["gpu_type"]) == (1, "l40s")  # 8 x 128k tokens would need 8 GPUs
+    assert plan["concurrency"] is None and plan["typical_requests_target"] == 8
+    assert plan["kv_tokens_required"] == 131072  # one full-length request outweighs 8 typical ones
+    assert plan["fits_at_once"]["full_length"] == 1 and plan["fits_at_once"]["typical"] > 100
+    short = serve("meta-llama/Llama-3.1-8B-Instruct", max_total_tokens=2048)
+    assert short["kv_tokens_required"] == 8 * short["typical_request_tokens"] == 8 * 1152
+    tiny = serve("meta-llama/Llama-3.1-8B-Instruct", max_total_tokens=512, max_input_tokens=256)
+    assert tiny["typical_request_tokens"] == 512  # a typical request is never longer than max-total
+
+
+def test_concurrency_guarantees_full_length_requests():
+    plan = serve("meta-llama/Llama-3.1-8B-Instruct", engine="vllm", max_total_tokens=16384, concurrency=6)
+    assert plan["kv_tokens_required"] == 6 * 16384
+    assert plan["per_gpu"]["kv_cache_gib"] == pytest.approx(6 * 16384 * plan["per_gpu"]["kv_bytes_per_token"] / 2**30, abs=0.01)
+    assert plan["fits_at_once"]["full_length"] >= 6 and plan["typical_requests_target"] is None
+
+
+@pytest.mark.parametrize("engine, flag", [("tgi", "--max-concurrent-requests"), ("vllm", "--max-num-seqs")])
+def test_the_engine_enforces_the_concurrency_the_plan_checked(engine, flag):
+    """--concurrency N reaches the engine as N; the default limit is the typical requests the
+    checked KV room holds, at most the engine's own default (engines.yaml)."""
+    from kit.engines import engine as engine_facts
+
+    chosen = serve("meta-llama/Llama-3.1-8B-Instruct", engine=engine, concurrency=5)
+    assert flag_value(chosen["engine_args"], flag) == "5" and chosen["max_concurrent_requests"] == 5
+    default = serve("meta-llama/Llama-3.1-8B-Instruct", engine=engine, max_total_tokens=32768)
+    limit = int(flag_value(default["engine_args"], flag))
+    assert limit == default["max_concurrent_requests"] == min(default["fits_at_once"]["typical"],
+                                                               engine_facts(engine)["concurrency"]["default"])
+    assert 8 <= limit
+    roomy = serve("Qwen/Qwen2.5-0.5B-Instruct", engine=engine, max_total_tokens=4096)
+    assert roomy["fits_at_once"]["typical"] > engine_facts(engine)["concurrency"]["default"]
+    assert roomy["max_concurrent_requests"] == engine_facts(engine)["concurrency"]["default"]
+
+
+def test_vllm_refuses_more_requests_than_its_prefill_batch():
+    plan = serve("Qwen/Qwen2.5-0.5B-Instruct", engine="vllm", gpu="a100-80", max_total_tokens=64, concurrency=4096)
+    assert not plan["fits"]
+    assert any("--concurrency 4096 is more" in r["reason"] for r in plan["rejected"])
+
+
+def test_the_report_says_how_many_requests_fit_at_once():
+    r = kit("plan", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--site", "klc", "--engine", "vllm",
+            "--max-total-tokens", "131072")
+    assert r.code == 0, r.err
+    plan = kit("plan", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--site", "klc", "--engine", "vllm",
+               "--max-total-tokens", "131072", "--json").json()
+    at_once = plan["fits_at_once"]
+    assert (f"{at_once['full_length']:,} full-length" in r.out and f"{at_once['typical']:,} typical" in r.out)
+    assert f"admits {plan['max_concurrent_requests']:,} at most" in r.out
+    assert "one full-length request and 8 typical" in r.out
+
+
+def test_serving_is_never_planned_over_two_nodes_but_fine_tuning_may(tmp_path):
+    site_file = tmp_path / "two-nodes.yaml"
+    site_file.write_text((ROOT / "site-configs" / "quest.yaml").read_text()
+                         .replace("max_nodes_per_job: 1 ", "max_nodes_per_job: 2 "))
+    two = load_site(str(site_file)).site
+    assert two.limits.max_nodes_per_job == 2
+    # 405B in fp8 needs 8 x 80 GB: two of Quest's 4-GPU nodes, which the serving job cannot use.
+    for engine in ("tgi", "vllm"):
+        plan = serve("meta-llama/Llama-3.1-405B-Instruct", site=two, engine=engine, quantize="fp8")
+        assert not plan["fits"] and plan["nodes"] is None
+        eight = [r["reason"] for r in plan["rejected"] if r["option"].startswith("8x a100-80")]
+        assert eight and "jobs may use 1 node" in eight[0] and "one node" in eight[0].split("(")[1]
+        cli = kit("plan", "serve", "meta-llama/Llama-3.1-405B-Instruct", "--site", str(site_file),
+                  "--engine", engine, "--quantize", "fp8", "--gpus", "8", "--json")
+        assert cli.code == 1 and not cli.json()["fits"]
+    # Fine-tuning still uses the site's two nodes: full fine-tuning of an 8B model on 2-GPU nodes.
+    ft = plan_finetune(model("meta-llama/Llama-3.1-8B-Instruct"), two, method="full", gpu="a100-40")
+    assert ft["fits"] and (ft["gpus"], ft["nodes"], ft["gres"]) == (4, 2, "gpu:a100:2")

@@ -55,6 +55,15 @@ def placement_options(f):
     )(f)
 
 
+def typical_default() -> str:
+    """memory.yaml's default KV target in words: "8 typical requests of 1152 tokens"."""
+    from kit.plan.memory import constants
+
+    c = constants()["serve"]
+    typical = c["typical_request"]["input_tokens"] + c["typical_request"]["output_tokens"]
+    return f"{c['default_typical_requests']} typical requests of {typical} tokens"
+
+
 def serve_options(f):
     from kit.plan import quantize_choices
 
@@ -64,7 +73,8 @@ def serve_options(f):
         click.option("--quantize", type=click.Choice(quantize_choices()), help="default: none, or the checkpoint's own"),
         click.option("--max-input-tokens", type=int, help="longest prompt (default: max-total minus up to 1024)"),
         click.option("--max-total-tokens", type=int, help="prompt + generated tokens per request (default: min(context, 8192))"),
-        click.option("--concurrency", type=int, help="requests served at full length at once (default 8)"),
+        click.option("--concurrency", type=int, help="guarantee N full-length requests at once, and let the engine "
+                     f"run N (default: room for one and for {typical_default()})"),
     )(f)
 
 

@@ -122,13 +122,25 @@ TERM_LABELS = {
 }
 
 
+def per_gpu_margin_text() -> str:
+    from kit.plan.memory import constants
+
+    c = constants()["serve"]
+    return f"{c['kv_headroom']:.0%} KV headroom and {c['margin_gib']:g} GiB margin"
+
+
 def plan_report(r: dict) -> None:
     active = f", {r['active_params']:,} active" if r["active_params"] != r["params"] else ""
     console.print(f"[bold]{r['model']}[/bold]: {r['params']:,} parameters{active} ({r['params_from']})")
     if r["task"] == "serve":
         q = "" if r["quantize"] == "none" else f", quantize {r['quantize']}"
+        if r["concurrency"] is not None:
+            target = f"KV cache for {r['concurrency']} full-length requests at once"
+        else:
+            target = (f"KV cache for one full-length request and {r['typical_requests_target']} typical ones "
+                      f"({r['typical_request_tokens']:,} tokens) at once")
         console.print(f"serve with {r['engine']} {r['engine_version']}: {r['dtype']}{q}, up to {r['max_total_tokens']:,} "
-                      f"tokens per request ({r['max_input_tokens']:,} input), {r['concurrency']} at once")
+                      f"tokens per request ({r['max_input_tokens']:,} input); {target}")
     else:
         lora = "" if r["lora_r"] is None else f", LoRA r={r['lora_r']} on {r['lora_targets']}"
         console.print(f"fine-tune ({r['method']}{lora}): seq {r['seq_len']}, batch {r['batch_size']}, "
@@ -157,6 +169,12 @@ def plan_report(r: dict) -> None:
     if "kv_capacity_tokens" in per:
         console.print(f"KV cache room: {per['kv_capacity_tokens']:,} tokens "
                       f"({per['kv_bytes_per_token']:,} bytes per token per GPU)")
+    if r.get("fits_at_once"):
+        at_once = r["fits_at_once"]
+        console.print(f"at once (keeping the {per_gpu_margin_text()}): {at_once['full_length']:,} full-length "
+                      f"({r['max_total_tokens']:,} tokens) or {at_once['typical']:,} typical "
+                      f"({r['typical_request_tokens']:,} tokens) requests; the engine admits "
+                      f"{r['max_concurrent_requests']:,} at most")
     constraint = f" --constraint={r['constraint']}" if r["constraint"] else ""
     console.print(f"[green]chosen:[/green] {r['gpus']}x {r['gpu_type']} on {r['site']}: "
                   f"--partition={r['partition']} --nodes={r['nodes']} --gres={r['gres']}{constraint}")

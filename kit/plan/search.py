@@ -64,8 +64,12 @@ def pick_tiers(site, partition: str | None, gpu: str | None) -> tuple[str, dict]
 
 
 def walk(site, partition: str | None, gpu: str | None, sizes: list[int],
-         evaluate: Callable[[Option], tuple[Breakdown, str | None]]) -> Walk:
-    """Try options from the cheapest; the first that ``evaluate`` accepts (reason None) wins."""
+         evaluate: Callable[[Option], tuple[Breakdown, str | None]], *, max_nodes: int | None = None,
+         nodes_why: str | None = None) -> Walk:
+    """Try options from the cheapest; the first that ``evaluate`` accepts (reason None) wins.
+
+    Options span at most the site's ``limits.max_nodes_per_job`` nodes, or ``max_nodes`` when the
+    task allows fewer (``nodes_why`` says why)."""
     part_name, tiers = pick_tiers(site, partition, gpu)
     order = {name: i for i, name in enumerate(tiers)}
     options = sorted(
@@ -73,12 +77,14 @@ def walk(site, partition: str | None, gpu: str | None, sizes: list[int],
         key=lambda o: (o.cost, order[o.tier_name], o.gpus),
     )
     result = Walk()
-    node_limit = site.limits.max_nodes_per_job
+    node_limit, why = site.limits.max_nodes_per_job, "limits.max_nodes_per_job"
+    if max_nodes is not None and max_nodes < node_limit:
+        node_limit, why = max_nodes, nodes_why
     for option in options:
         per_node = option.tier.gpus_per_node
         if option.gpus > per_node * node_limit:
             result.reject(option.label, f"{option.tier_name} nodes have {per_node} GPU{'s' if per_node > 1 else ''} and jobs may use "
-                                        f"{node_limit} node{'s' if node_limit > 1 else ''} (limits.max_nodes_per_job)")
+                                        f"{node_limit} node{'s' if node_limit > 1 else ''} ({why})")
             continue
         cap = site.limits.gpus_per_user
         if cap is not None and option.gpus > cap:

@@ -1,7 +1,12 @@
-"""Serve plans: the cheapest allocation where TGI or vLLM holds the model, its KV cache and
-prefill workspace within the engine's own memory budget, and the engine flags that make the
-engine use memory as planned. Engine facts come from engines.yaml, site facts from the site
-file; nothing engine- or site-specific lives here.
+"""Serve plans: the cheapest single-node allocation where TGI or vLLM holds the model, its KV
+cache and prefill workspace within the engine's own memory budget, and the engine flags that
+make the engine use memory and admit requests as planned. Engine facts come from engines.yaml,
+site facts from the site file; nothing engine- or site-specific lives here.
+
+The KV cache must hold what the engine needs to start (one request of max-total-tokens and the
+prefill warm-up batch) and then either ``--concurrency`` full-length requests, or, by default,
+memory.yaml's number of typical requests. The plan reports how many of each fit at once, and
+the engine gets the request limit the plan checked.
 """
 
 from __future__ import annotations
@@ -49,16 +54,16 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
     quantize = resolve_quantize(model, quantize, engine, eng)
     dtype = serve_dtype(model, dtype, eng)
     max_input, max_total = context_lengths(model, max_input_tokens, max_total_tokens)
-    if concurrency is None:
-        concurrency = constants()["serve"]["default_concurrency"]
-    if concurrency < 1:
+    if concurrency is not None and concurrency < 1:
         raise KitError(f"--concurrency {concurrency}: must be at least 1")
     divide = eng["tensor_parallel"]["must_divide"]
     check_gpu_count(gpus, site, layout, divide)
-    kv_tokens = max_total * concurrency
+    c = constants()["serve"]
+    typical_tokens = min(c["typical_request"]["input_tokens"] + c["typical_request"]["output_tokens"], max_total)
+    typical_target = None if concurrency is not None else c["default_typical_requests"]
     dtype_bytes = constants()["dtype_bytes"][dtype]
-    margin = constants()["serve"]["margin_gib"] * GIB
-    headroom = constants()["serve"]["kv_headroom"]
+    margin = c["margin_gib"] * GIB
+    headroom = c["kv_headroom"]
     q_facts = quant_facts(quantize, model.quantization)
 
     def prefill_tokens(option: Option) -> int:
@@ -68,8 +73,36 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
             tokens = p["tokens_large_gpu"]
         return max(max_input, min(tokens, max_total)) if p["at_least_max_input"] else tokens
 
+    def kv_tokens(option: Option) -> tuple[int, str]:
+        """Tokens the KV cache must hold on this option, and what they are for."""
+        start = max(max_total, prefill_tokens(option))  # one full-length request and the warm-up batch
+        if concurrency is not None:
+            return max(start, concurrency * max_total), f"{max_total:,} x {concurrency} full-length"
+        typical = typical_target * typical_tokens
+        if typical > start:
+            return typical, f"{typical_target} typical requests of {typical_tokens:,}"
+        return start, f"one {max_total:,}-token request" + (" and the warm-up batch" if start > max_total else "")
+
+    def kv_room(b: Breakdown) -> int:
+        """Tokens the KV cache may hold on this breakdown, keeping the headroom and the margin."""
+        fixed = b.terms["weights"] + b.terms["activations"] + b.terms["overhead"]
+        return max(0, int((b.usable - fixed - margin) / (1 + headroom) // b.extra["kv_bytes_per_token"]))
+
+    def engine_limit(option: Option, room: int) -> int:
+        """The request limit the engine gets: --concurrency, or the typical requests the KV room
+        holds, at most the engine's own default (what the memory model was calibrated with)."""
+        if concurrency is not None:
+            return concurrency
+        cap = eng["concurrency"]
+        default = cap["default"]
+        if "default_large_gpu" in cap and option.tier.compute_capability >= eng["prefill"]["large_gpu_min_cc"]:
+            default = cap["default_large_gpu"]
+        limit = min(default, room // typical_tokens)
+        return max(1, min(limit, prefill_tokens(option)) if cap["at_most_prefill"] else limit)
+
     def evaluate(option: Option) -> tuple[Breakdown, str | None]:
-        b = serve_breakdown(layout, n=option.gpus, dtype_bytes=dtype_bytes, quantize=q_facts, kv_tokens=kv_tokens,
+        need, what = kv_tokens(option)
+        b = serve_breakdown(layout, n=option.gpus, dtype_bytes=dtype_bytes, quantize=q_facts, kv_tokens=need,
                             prefill_tokens=prefill_tokens(option), gpu_gib=option.tier.usable_gib, engine=eng)
         if option.tier.compute_capability < q_facts["min_cc"]:
             return b, f"{quantize} needs compute capability {q_facts['min_cc']}, {option.tier.model} has {option.tier.compute_capability}"
@@ -78,9 +111,12 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
             return b, (f"weights {gib(b.terms['weights'])} + activations and overhead need {gib(fixed)} per GPU; "
                        f"{eng['label']} budget is {gib(b.usable)}")
         if b.total + headroom * b.terms["kv_cache"] + margin > b.usable:
-            return b, (f"KV cache for {kv_tokens:,} tokens ({max_total:,} x {concurrency}) needs {gib(b.terms['kv_cache'])} "
+            return b, (f"KV cache for {need:,} tokens ({what}) needs {gib(b.terms['kv_cache'])} "
                        f"(+{headroom:.0%}), room for {b.extra['kv_capacity_tokens']:,} tokens ({gib(b.usable - fixed)}) "
                        f"with a {gib(margin)} margin")
+        if concurrency is not None and eng["concurrency"]["at_most_prefill"] and concurrency > prefill_tokens(option):
+            return b, (f"{eng['label']} runs at most {prefill_tokens(option):,} requests at once here (its batch of "
+                       f"{prefill_tokens(option):,} prefill tokens); --concurrency {concurrency} is more")
         return b, None
 
     sizes = [gpus] if gpus else [n for n in eng["tensor_parallel"]["sizes"]]
@@ -92,7 +128,8 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
             if problem:
                 sizes.remove(n)
                 w.reject(f"{n} GPUs (any tier)", problem)
-    found = walk(site, partition, gpu, sizes, evaluate)
+    found = walk(site, partition, gpu, sizes, evaluate, max_nodes=eng["serve"]["max_nodes"],
+                 nodes_why="kit's serving job starts one engine on one node")
     w.chosen, w.breakdown, w.rejected = found.chosen, found.breakdown, w.rejected + found.rejected
     fill_choice(result, w)
     prefill = prefill_tokens(w.chosen) if w.chosen else None
@@ -105,8 +142,20 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
         max_input_tokens=max_input,
         max_total_tokens=max_total,
         concurrency=concurrency,
+        typical_request_tokens=typical_tokens,
+        typical_requests_target=typical_target,
+        kv_tokens_required=None,
+        fits_at_once=None,
+        max_concurrent_requests=None,
     )
     if w.chosen is not None:
+        room = kv_room(w.breakdown)
+        limit = engine_limit(w.chosen, room)
+        result.update(
+            kv_tokens_required=kv_tokens(w.chosen)[0],
+            fits_at_once={"full_length": room // max_total, "typical": room // typical_tokens},
+            max_concurrent_requests=limit,
+        )
         values = {
             "gpus": w.chosen.gpus,
             "quantize_value": eng["quantize"].get(quantize),
@@ -115,6 +164,7 @@ def plan_serve(model: ModelInfo, site, *, engine: str = "tgi", dtype: str = "aut
             "max_total_tokens": max_total,
             "max_batch_prefill_tokens": prefill,
             "memory_fraction": memory_fraction,
+            "max_concurrent": limit,
         }
         result["engine_args"] = engines.engine_args(eng, values)
     elif _suggest and not checkpoint_quantization(model):
