@@ -10,7 +10,6 @@ import subprocess
 import pytest
 import yaml
 
-from kit.resources import data_file
 from kit.sites import load_site
 from serving import ROOT, build_job, engine_command, engine_flags
 
@@ -19,7 +18,7 @@ SITES = {"quest": "p12345", "klc": "kellogg"}
 
 
 def pinned_flags() -> dict:
-    return yaml.safe_load(data_file("engine_flags.yaml").read_text())
+    return yaml.safe_load((ROOT / "tests" / "engine_flags.yaml").read_text())
 
 
 @pytest.fixture
