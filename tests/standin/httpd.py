@@ -28,7 +28,7 @@ class HTTPError(Exception):
 class Engine:
     """One engine's routes and rules; tgi.py and vllm.py fill them in."""
 
-    routes: dict = {}  # (method, path) -> fn(body) -> (status, payload)
+    routes: dict  # (method, path) -> fn(body) -> (status, payload)
     unauthorized = (401, None)
 
     def __init__(self, model, max_total: int):
@@ -55,7 +55,7 @@ class Engine:
         try:
             ids = self.model.chat_ids([{"role": m["role"], "content": str(m.get("content") or "")}
                                        for m in body["messages"]])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise self.error(f"invalid messages: {exc}") from None
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or self.max_total - len(ids)
         self.check(len(ids), max_tokens)
@@ -165,7 +165,7 @@ def serve(servers: list[Server], engine: Engine) -> None:
         srv.RequestHandlerClass = make_handler(engine)
         srv.server_activate()
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    log("serving on " + ", ".join("%s:%d" % srv.server_address[:2] for srv in servers))
+    log("serving on " + ", ".join(f"{srv.server_address[0]}:{srv.server_address[1]}" for srv in servers))
     while not stop.wait(0.2):
         pass
     log("signal received, shutting down")

@@ -118,9 +118,9 @@ def to_host(value: str, binds: list[tuple[str, str]]) -> str:
 
 
 def container_env(prog: str, opts: dict, image: dict, binds) -> dict:
-    host = os.environ
-    env = {k: v for k, v in host.items() if k in CLEAN_KEEP or not (
-        opts["switches"] & CLEAN or k.startswith(("SINGULARITYENV_", "APPTAINERENV_")))}
+    host, clean = os.environ, bool(opts["switches"] & CLEAN)
+    env = {k: v for k, v in host.items()
+           if (k in CLEAN_KEEP if clean else not k.startswith(("SINGULARITYENV_", "APPTAINERENV_")))}
     env["PATH"] = BIN + os.pathsep + host.get("PATH", "/usr/bin:/bin")  # the image's programs first
     env.update({k: to_host(v, binds) for k, v in image.items()})
     prefixes = ["SINGULARITYENV_"] if prog == "singularity" else ["APPTAINERENV_", "SINGULARITYENV_"]
@@ -175,10 +175,11 @@ def main(prog: str, args: list[str]) -> None:
         usage(f"{sub}: too few arguments")
     _, sections = parse_def(read_image(rest[0]))
     binds = parse_binds(opts["bind"])
-    command = [rest[1]] + [to_host(a, binds) for a in rest[2:]] if sub == "exec" else \
-        ["/bin/sh", "-c", sections.get("runscript", ""), rest[0]] + [to_host(a, binds) for a in rest[1:]]
-    if sub == "run" and not sections.get("runscript"):
-        fatal(f"no runscript in {rest[0]}")
+    command = [to_host(a, binds) for a in rest[1:]]
+    if sub == "run":
+        if not sections.get("runscript"):
+            fatal(f"no runscript in {rest[0]}")
+        command = ["/bin/sh", "-c", sections["runscript"], rest[0], *command]
     env = container_env(prog, opts, image_env(sections), binds)
     try:
         os.execvpe(command[0], command, env)

@@ -394,11 +394,14 @@ def test_a_taken_port_fails(engine, tiny_model, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = str(busy.getsockname()[1])
-        cmd = (["text-generation-launcher", "--model-id", str(tiny_model), "--hostname", "127.0.0.1", "--port", port,
+        # TGI reads HOSTNAME (a login profile's) and falls back to 0.0.0.0: the port is taken there too.
+        cmd = (["text-generation-launcher", "--model-id", str(tiny_model), "--port", port,
                 "--prometheus-port", str(free_port())] if engine == "tgi"
                else ["vllm", "serve", str(tiny_model), "--host", "127.0.0.1", "--port", port])
-        res = run(cmd, standin_env(tmp_path))
-    assert res.returncode == 1 and "Address already in use" in res.stderr, res.stderr
+        t0 = time.monotonic()
+        res = run(cmd, standin_env(tmp_path, HOSTNAME="login-node"))
+    assert res.returncode == 1 and "Address already in use" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert time.monotonic() - t0 < 3  # the port is bound before the model loads
 
 
 def test_engines_check_context_settings(tiny_model, tmp_path):

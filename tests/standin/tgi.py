@@ -7,6 +7,7 @@ logs its arguments, the API key in clear, so kit's job script must filter the ke
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 
@@ -82,5 +83,11 @@ def main(argv: list[str]) -> None:
     max_input = flags.number("tgi", args, "--max-input-tokens", max_total - 1)
     if max_input >= max_total:
         fail('ArgumentValidation("`max_input_tokens` must be < `max_total_tokens`")')
-    servers = [httpd.bind(args.get("--hostname", "0.0.0.0"), port) for port in ports]
+    host = args.get("--hostname", "0.0.0.0")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:  # the router's fallback, e.g. for a login profile's HOSTNAME
+        httpd.log("Invalid hostname, defaulting to 0.0.0.0")
+        host = "0.0.0.0"
+    servers = [httpd.bind(host, port) for port in ports]
     httpd.serve(servers, TGI(Model(path), model_id, max_input, max_total, args.get("--api-key")))
