@@ -17,13 +17,14 @@ ROOT = STANDIN.parents[1]
 def standin_site(base: Path) -> dict:
     """Tiny model, stand-in images and a user site layer under ``base``; returns the environment
     (to pass to `kit`) and the paths."""
+    from standin.runtime import MAGIC
     from standin.tiny_model import build_tiny_chat_model
 
     model = build_tiny_chat_model(base / "models" / "tiny-chat")
     images = base / "images"
     images.mkdir(parents=True, exist_ok=True)
-    (images / "tgi-3.3.7.sif").write_text("#!kit-standin runscript=text-generation-launcher\n")
-    (images / "vllm-0.19.1.sif").write_text("#!kit-standin runscript=vllm serve\n")
+    for sif, runscript in (("tgi-3.3.7.sif", "text-generation-launcher"), ("vllm-0.19.1.sif", "vllm serve")):
+        (images / sif).write_text(f'{MAGIC}\nBootstrap: docker\n%runscript\n    exec {runscript} "$@"\n')
     # A lock that knows these stand-in images' checksums, as staff's build would record them.
     lock = yaml.safe_load((ROOT / "containers" / "images.lock").read_text())
     for name, entry in lock["images"].items():

@@ -1,5 +1,5 @@
-"""The stand-ins themselves: the tiny model, the engine stand-in (TGI and vLLM flavours) and the
-container runtime stand-in. Everything runs for real on this CPU machine; nothing is downloaded.
+"""The stand-ins themselves: the tiny model, the engine stand-ins (TGI and vLLM) and the container
+runtime stand-in. Everything runs for real on the CPU; nothing is downloaded.
 
 The two serving engines are started once for the module (in parallel, through the runtime stand-in:
 `singularity run IMAGE ...` for TGI, `apptainer exec IMAGE vllm serve ...` for vLLM) and stopped
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from standin import flags
 from standin.tiny_model import build_tiny_chat_model
 
 HERE = Path(__file__).resolve().parent
@@ -44,10 +45,9 @@ def standin_env(base: Path | None = None, **extra) -> dict:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["KIT_STANDIN_PYTHON"] = sys.executable
     env["HF_HUB_OFFLINE"] = "1"
-    for name in ("API_KEY", "VLLM_API_KEY", "PORT", "HOSTNAME", "KIT_STANDIN_RUNTIME_FLAVOR", "KIT_STANDIN_LOG",
-                 "KIT_STANDIN_ORAS_ROOT", "KIT_STANDIN_PULL_FAIL_AFTER", "KIT_STANDIN_PULL_CORRUPT",
-                 "KIT_STANDIN_NO_FAKEROOT", "SINGULARITY_CACHEDIR", "SINGULARITY_TMPDIR", "APPTAINER_CACHEDIR",
-                 "APPTAINER_TMPDIR", "SINGULARITY_FAKEROOT", "APPTAINER_FAKEROOT"):
+    for name in ("API_KEY", "VLLM_API_KEY", "PORT", "HOSTNAME", "KIT_STANDIN_LOG", "KIT_STANDIN_ORAS_ROOT",
+                 "KIT_STANDIN_PULL_FAIL_AFTER", "KIT_STANDIN_PULL_CORRUPT", "KIT_STANDIN_NO_FAKEROOT",
+                 "SINGULARITY_CACHEDIR", "SINGULARITY_TMPDIR", "APPTAINER_CACHEDIR", "APPTAINER_TMPDIR"):
         env.pop(name, None)
     for name in [k for k in env if k.startswith(("SINGULARITYENV_", "APPTAINERENV_"))]:
         env.pop(name)
@@ -97,35 +97,38 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_chat_model(tmp_path_factory.mktemp("tiny-chat-model"))
 
 
+def stand_in_image(path: Path, runscript: str, environment: str = "") -> Path:
+    path.write_text(f"#!kit-standin image\nBootstrap: docker\n%environment\n{environment}\n%runscript\n    {runscript}\n")
+    return path
+
+
 class Engines:
     pass
 
 
 @pytest.fixture(scope="module")
 def engines(tiny_model, tmp_path_factory):
-    """TGI (via `singularity run`) and vLLM (via `apptainer exec`) serving the tiny model, plus a
-    TGI whose port is taken (it loads the model, then must fail): all three start in parallel."""
+    """TGI (via `singularity run`) and vLLM (via `apptainer exec`) serving the tiny model, started
+    in parallel."""
     base = tmp_path_factory.mktemp("engines")
     e = Engines()
     e.base = base
     e.log = base / "runtime.jsonl"
-    e.tgi_image = base / "tgi.sif"
-    e.tgi_image.write_text("#!kit-standin runscript=text-generation-launcher\nenv PORT=80\nenv HF_HOME=/data\n")
-    e.vllm_image = base / "vllm.sif"
-    e.vllm_image.write_text("#!kit-standin runscript=vllm serve\n")
+    e.tgi_image = stand_in_image(base / "tgi.sif", 'exec text-generation-launcher "$@"',
+                                 "    export PORT=80\n    export HF_HOME=/data")
+    e.vllm_image = stand_in_image(base / "vllm.sif", 'exec vllm serve "$@"')
     (base / "data").mkdir()
     e.tgi_port, e.prom_port, e.vllm_port = free_port(), free_port(), free_port()
-    e.uds = base / "tgi-uds"
 
     env = standin_env(base, KIT_STANDIN_LOG=str(e.log))
     tgi_env = dict(env, SINGULARITYENV_API_KEY=TGI_KEY, SINGULARITYENV_USAGE_STATS="off",
                    APPTAINERENV_API_KEY="ignored-by-singularityce")
     e.tgi_err = base / "tgi.err"
-    files = [open(base / name, "w") for name in ("tgi.err", "vllm.err", "clash.err")]
+    files = [open(base / name, "w") for name in ("tgi.err", "vllm.err")]
     e.tgi = subprocess.Popen(
         ["singularity", "run", "--nv", "--bind", f"{tiny_model}:/models/tiny:ro", "--bind", f"{base / 'data'}:/data",
          str(e.tgi_image), "--model-id", "/models/tiny", "--hostname", "127.0.0.1", "--port", str(e.tgi_port),
-         "--prometheus-port", str(e.prom_port), "--shard-uds-path", str(e.uds), "--max-total-tokens", "512",
+         "--prometheus-port", str(e.prom_port), "--shard-uds-path", str(base / "tgi-uds"), "--max-total-tokens", "512",
          "--max-input-tokens", "256"],
         env=tgi_env, stdout=subprocess.DEVNULL, stderr=files[0], stdin=subprocess.DEVNULL)
     vllm_env = dict(env, APPTAINERENV_VLLM_API_KEY=VLLM_KEY)
@@ -133,26 +136,16 @@ def engines(tiny_model, tmp_path_factory):
     e.vllm = subprocess.Popen(
         ["apptainer", "exec", "--nv", "--bind", f"{tiny_model}:/models/tiny", str(e.vllm_image),
          "vllm", "serve", "/models/tiny", "--served-model-name", "tiny", "--host", "127.0.0.1",
-         "--port", str(e.vllm_port), "--max-model-len", "1k", "--disable-log-stats"],
+         "--port", str(e.vllm_port), "--max-model-len", "1000", "--disable-log-stats"],
         env=vllm_env, stdout=subprocess.DEVNULL, stderr=files[1], stdin=subprocess.DEVNULL)
-    e.busy = socket.socket()
-    e.busy.bind(("127.0.0.1", 0))
-    e.busy.listen(1)
-    e.clash_err = base / "clash.err"
-    e.clash = subprocess.Popen(
-        ["text-generation-launcher", "--model-id", str(tiny_model), "--hostname", "127.0.0.1",
-         "--port", str(e.busy.getsockname()[1]), "--prometheus-port", str(free_port()),
-         "--shard-uds-path", str(base / "clash-uds")],
-        env=env, stdout=subprocess.DEVNULL, stderr=files[2], stdin=subprocess.DEVNULL)
     e.tgi_ready_s = wait_healthy(e.tgi, e.tgi_port, e.tgi_err)
     e.vllm_ready_s = wait_healthy(e.vllm, e.vllm_port, e.vllm_err)
     e.tgi_url, e.vllm_url = f"http://127.0.0.1:{e.tgi_port}", f"http://127.0.0.1:{e.vllm_port}"
     yield e
-    for p in (e.tgi, e.vllm, e.clash):
+    for p in (e.tgi, e.vllm):
         if p.poll() is None:
             p.kill()
             p.wait()
-    e.busy.close()
     for f in files:
         f.close()
 
@@ -197,7 +190,7 @@ def test_tiny_model_loads_offline_and_generates(tiny_model, tmp_path):
 
 # --- engines: start, readiness, routes ------------------------------------------------------------------
 
-def test_engines_become_healthy_and_describe_themselves(engines):
+def test_engines_become_healthy_and_describe_themselves(engines, tiny_model):
     e = engines
     assert e.tgi_ready_s < START_TIMEOUT and e.vllm_ready_s < START_TIMEOUT
     assert http("GET", f"{e.tgi_url}/health") == (200, b"")
@@ -205,18 +198,19 @@ def test_engines_become_healthy_and_describe_themselves(engines):
 
     status, body = http("GET", f"{e.tgi_url}/info")
     info = json.loads(body)
-    assert status == 200 and info["version"] == "3.3.7" and info["model_id"] == "/models/tiny"
+    # The runtime ran the launcher on the host: the bind's container path became the host path.
+    assert status == 200 and info["version"] == "3.3.7" and info["model_id"] == str(tiny_model)
     assert (info["max_input_tokens"], info["max_total_tokens"]) == (256, 512)
     status, body = http("GET", f"{e.tgi_url}/v1/models")
-    assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == ["/models/tiny"]
+    assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == [str(tiny_model)]
 
     assert json.loads(http("GET", f"{e.vllm_url}/version")[1]) == {"version": "0.19.1"}
     status, body = http("GET", f"{e.vllm_url}/v1/models", headers={"Authorization": f"Bearer {VLLM_KEY}"})
     card = json.loads(body)["data"][0]
     assert status == 200 and card["id"] == "tiny" and card["max_model_len"] == 1000
-    assert card["root"] == "/models/tiny"
-    # The image's ENV (PORT=80) did not win over --port, and the shard socket is per job.
-    assert (e.base / "tgi-uds-0").exists()
+    assert card["root"] == str(tiny_model)
+    # The image's ENV (PORT=80) did not win over --port; its PROMETHEUS port listens too.
+    assert http("GET", f"http://127.0.0.1:{e.prom_port}/metrics")[0] == 200
 
 
 def test_tgi_auth_covers_generation_routes_only(engines):
@@ -249,7 +243,9 @@ def test_vllm_auth_covers_every_v1_path(engines):
     assert status == 200 and json.loads(body)["choices"][0]["message"]["role"] == "assistant"
 
 
-def test_generation_is_real_and_validated(engines):
+def test_generation_is_real_and_validated(engines, tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     tgi = {"Authorization": f"Bearer {TGI_KEY}"}
     vllm = {"Authorization": f"Bearer {VLLM_KEY}"}
     status, body = http("POST", engines.tgi_url + "/generate",
@@ -265,6 +261,12 @@ def test_generation_is_real_and_validated(engines):
         assert status == 200 and out["usage"]["completion_tokens"] <= 6, out
         replies.append(out["choices"][0]["message"]["content"])
     assert replies[0] == replies[1] and replies[0]
+    tok = AutoTokenizer.from_pretrained(tiny_model)  # the reply is the model's own greedy one
+    ids = tok(tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True),
+              add_special_tokens=False, return_tensors="pt")
+    out = AutoModelForCausalLM.from_pretrained(tiny_model).generate(**ids, max_new_tokens=6, do_sample=False,
+                                                                    pad_token_id=tok.pad_token_id)
+    assert replies[0] == tok.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True)
     # Context limits: TGI 422 (max_total_tokens 512), vLLM 400 (max_model_len 1000).
     status, body = http("POST", engines.tgi_url + "/generate",
                         {"inputs": "Hello", "parameters": {"max_new_tokens": 600}}, tgi)
@@ -309,7 +311,47 @@ def test_inference_client_chat_stream_and_health(engines, online, flavour):
     assert err.value.response.status_code == 401
 
 
-# --- engines: failures ----------------------------------------------------------------------------------
+# --- engines: flags from the pinned sets ----------------------------------------------------------------
+
+def parse_fails(engine: str, argv: list[str], environ=None) -> bool:
+    try:
+        flags.parse(engine, argv, environ or {})
+    except SystemExit as exc:
+        return exc.code == 2
+    return False
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+def test_every_pinned_flag_parses_with_its_kind(engine):
+    pinned = flags.spec(engine)
+    for flag, takes_value in pinned["flags"].items():
+        if flag in ("--help", "--version"):
+            continue
+        value = str(pinned.get("choices", {}).get(flag, ["1"])[0])
+        if takes_value:
+            assert flags.parse(engine, [flag, value], {})[0][flag] in (value, [value])
+            assert parse_fails(engine, [flag]), f"{flag} without its value"
+        else:
+            negates = flag in pinned.get("no_forms", [])  # --no-X sets --X to False
+            assert flags.parse(engine, [flag], {})[0] == ({"--" + flag[5:]: False} if negates else {flag: True})
+            assert parse_fails(engine, [flag + "=1"]), f"{flag} is a switch"
+
+
+def test_flags_follow_each_engines_parser():
+    assert parse_fails("tgi", ["--model-id", "m", "--bogus-flag", "1"])
+    assert parse_fails("tgi", ["--max-total-tokens", "--port", "1"])  # a flag is not a value
+    assert parse_fails("tgi", ["--quantize", "int3"])  # not one of the choices
+    assert parse_fails("tgi", [], {"USAGE_STATS": "sometimes"})  # env values are checked too
+    assert parse_fails("vllm", ["--swap-space", "4"])  # gone from the pinned vLLM
+    args, positional = flags.parse("tgi", ["--port=8080"], {"API_KEY": "k", "PORT": "80", "TRUST_REMOTE_CODE": "true"})
+    assert (args, positional) == ({"--port": "8080", "--api-key": "k", "--trust-remote-code": True}, [])
+    args, positional = flags.parse("vllm", ["/m", "-tp", "2", "--max_model_len", "9", "--no-enable-lora",
+                                            "--api-key", "a", "b", "--served-model-name", "x"], {"VLLM_API_KEY": "env"})
+    assert positional == ["/m"] and args == {"--tensor-parallel-size": "2", "--max-model-len": "9",
+                                             "--enable-lora": False, "--api-key": ["a", "b"],
+                                             "--served-model-name": ["x"]}
+    assert flags.parse("vllm", [], {"VLLM_API_KEY": "env"})[0] == {"--api-key": ["env"]}
+
 
 @pytest.mark.parametrize("cmd", [
     ["text-generation-launcher", "--model-id", "/x", "--bogus-flag", "1"],
@@ -317,16 +359,15 @@ def test_inference_client_chat_stream_and_health(engines, online, flavour):
     ["vllm", "serve", "/x", "--bogus-flag", "1"],
     ["vllm", "generate", "/x"],
 ])
-def test_unknown_flag_exits_2(cmd, tmp_path):
+def test_a_bad_command_line_exits_2(cmd, tmp_path):
     t0 = time.monotonic()
     res = run(cmd, standin_env(tmp_path))
-    assert res.returncode == 2, res.stderr
-    assert "error" in res.stderr and time.monotonic() - t0 < 5
-    if cmd[0] == "text-generation-launcher" and "--bogus-flag" in cmd:
-        assert "unexpected argument '--bogus-flag' found" in res.stderr
-    if cmd[:2] == ["vllm", "serve"]:
-        assert "unrecognized arguments: --bogus-flag" in res.stderr
+    assert res.returncode == 2 and "error" in res.stderr, res.stderr
+    assert time.monotonic() - t0 < 5
+    assert "--bogus-flag" in res.stderr or "bogus" not in " ".join(cmd)
 
+
+# --- engines: start-up failures ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("engine", ["tgi", "vllm"])
 @pytest.mark.parametrize("problem", ["missing", "no-config"])
@@ -341,38 +382,30 @@ def test_bad_model_path_exits_1_fast(engine, problem, tmp_path):
     t0 = time.monotonic()
     res = run(cmd, standin_env(tmp_path))
     elapsed = time.monotonic() - t0
-    assert res.returncode == 1, res.stderr
+    assert res.returncode == 1 and "config.json" in res.stderr and str(model) in res.stderr, res.stderr
     assert elapsed < 3, elapsed
-    assert ("config.json" in res.stderr) if problem == "no-config" else (str(model) in res.stderr)
     with socket.socket() as s:  # nothing was left listening
         assert s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_vllm_taken_port_fails_before_loading(tiny_model, tmp_path):
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+def test_a_taken_port_fails(engine, tiny_model, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
+        port = str(busy.getsockname()[1])
+        # TGI reads HOSTNAME (a login profile's) and falls back to 0.0.0.0: the port is taken there too.
+        cmd = (["text-generation-launcher", "--model-id", str(tiny_model), "--port", port,
+                "--prometheus-port", str(free_port())] if engine == "tgi"
+               else ["vllm", "serve", str(tiny_model), "--host", "127.0.0.1", "--port", port])
         t0 = time.monotonic()
-        res = run(["vllm", "serve", str(tiny_model), "--host", "127.0.0.1", "--port", str(busy.getsockname()[1])],
-                  standin_env(tmp_path))
-    assert res.returncode == 1 and "Address already in use" in res.stderr, res.stderr
-    assert time.monotonic() - t0 < 3
+        res = run(cmd, standin_env(tmp_path, HOSTNAME="login-node"))
+    assert res.returncode == 1 and "Address already in use" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert time.monotonic() - t0 < 3  # the port is bound before the model loads
 
 
-def test_tgi_taken_port_fails_after_loading(engines):
-    rc = engines.clash.wait(timeout=START_TIMEOUT)
-    err = engines.clash_err.read_text()
-    assert rc == 1 and "AddrInUse" in err and "Error: WebserverFailed" in err, err
-    assert "Shard ready" in err  # TGI binds its port only once the model is loaded
-
-
-def test_vllm_checks_lora_and_context_settings(tiny_model, tmp_path):
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"r": 64, "peft_type": "LORA"}))
+def test_engines_check_context_settings(tiny_model, tmp_path):
     env = standin_env(tmp_path)
-    res = run(["vllm", "serve", str(tiny_model), "--enable-lora", "--lora-modules", f"a={adapter}"], env)
-    assert res.returncode == 1 and "LoRA rank 64 is greater than max_lora_rank 16" in res.stderr, res.stderr
     res = run(["vllm", "serve", str(tiny_model), "--max-model-len", "4096"], env)
     assert res.returncode == 1 and "VLLM_ALLOW_LONG_MAX_MODEL_LEN" in res.stderr, res.stderr
     res = run(["vllm", "serve", str(tiny_model), "-tp", "3"], env)
@@ -386,18 +419,13 @@ def test_vllm_checks_lora_and_context_settings(tiny_model, tmp_path):
 
 @pytest.fixture
 def image(tmp_path) -> Path:
-    img = tmp_path / "tool.sif"
-    img.write_text("#!kit-standin runscript=bash -c 'echo run:$*' runscript\nenv IMAGE_VAR=from-image\n"
-                   "env PORT=80\n")
-    return img
+    return stand_in_image(tmp_path / "tool.sif", "echo run:$*", "    export IMAGE_VAR=from-image\n    export PORT=80")
 
 
 def test_runtime_versions(tmp_path):
     env = standin_env(tmp_path)
     assert run(["singularity", "--version"], env).stdout.strip() == "singularity-ce version 4.3.1"
     assert run(["apptainer", "--version"], env).stdout.strip() == "apptainer version 1.4.0"
-    assert run(["singularity", "--version"], dict(env, KIT_STANDIN_RUNTIME_FLAVOR="apptainer")
-               ).stdout.strip() == "apptainer version 1.4.0"
 
 
 def test_runtime_translates_env_prefixes_and_logs_only_names(tmp_path, image):
@@ -411,7 +439,8 @@ def test_runtime_translates_env_prefixes_and_logs_only_names(tmp_path, image):
     res = run(["apptainer", "exec", "--env", "PORT=9999", str(image), *show], env)
     assert res.returncode == 0 and res.stdout.strip() == "a-value-2|a-only|9999|from-image|host|gone", res
     legacy_only = {k: v for k, v in env.items() if k != "APPTAINERENV_SECRET"}
-    res = run(["apptainer", "exec", str(image), "true"], legacy_only)
+    res = run(["apptainer", "exec", str(image), *show], legacy_only)
+    assert res.stdout.strip() == "s-value-1|a-only|80|from-image|host|gone"
     assert "DEPRECATED USAGE: Environment variable SINGULARITYENV_SECRET" in res.stderr
     res = run(["singularity", "exec", "--cleanenv", str(image), *show], env)
     assert res.stdout.strip() == "s-value-1|unset|80|from-image||gone"
@@ -426,15 +455,15 @@ def test_runtime_run_binds_and_paths(tmp_path, image):
     data = tmp_path / "host-data"
     data.mkdir()
     env = standin_env(tmp_path, SINGULARITYENV_WHERE="/data/sub")
-    res = run(["singularity", "run", "-B", f"{data}:/data", "--pwd", "/data", str(image), "a", "/data/f"], env)
-    assert res.returncode == 0 and res.stdout.strip() == f"run:a {data}/f", res
+    res = run(["singularity", "run", "-B", f"{data}:/data", str(image), "a", "/data/f", "--x=/data"], env)
+    assert res.returncode == 0 and res.stdout.strip() == f"run:a {data}/f --x={data}", res
     res = run(["singularity", "exec", "--bind", f"{data}:/data:ro", str(image), "bash", "-c", 'echo "$WHERE|$PWD"'],
               env, cwd=str(tmp_path))
     assert res.stdout.strip() == f"{data}/sub|{tmp_path}"
 
 
 @pytest.mark.parametrize("args, message", [
-    (["exec", "{missing}", "true"], "could not open image"),
+    (["exec", "{missing}", "true"], "no such file or directory"),
     (["exec", "--bind", "/no/such/dir:/data", "{image}", "true"], "mount source /no/such/dir doesn't exist"),
     (["exec", "--bogus", "{image}", "true"], "unknown flag: --bogus"),
     (["exec", "{notimage}", "true"], "image format not recognized"),
@@ -494,19 +523,13 @@ def test_runtime_build_is_deterministic_and_runs(images):
     out = images.dir / "tgi.sif"
     res = run(["singularity", "build", "--fakeroot", str(out), str(images.deffile)], images.env)
     assert res.returncode == 0, res.stderr
-    assert res.stderr.startswith("INFO:    Starting build...\n")
-    assert "INFO:    Creating SIF file...\n" in res.stderr and res.stderr.endswith(f"INFO:    Build complete: {out}\n")
-    first, meta, body = out.read_text().split("\n", 2)
-    assert first == "#!kit-standin image" and body == DEF
-    assert json.loads(meta) == {"labels": {"kit.engine": "tgi", "kit.version": "0.1.0"},
-                                "from": "ghcr.io/huggingface/text-generation-inference:3.3.7",
-                                "def_sha256": hashlib.sha256(DEF.encode()).hexdigest()}
+    assert res.stderr.endswith(f"INFO:    Build complete: {out}\n")
+    assert out.read_text() == "#!kit-standin image\n" + DEF
     # Same def, same bytes (also through apptainer, with --force over an existing file).
     again = images.dir / "again.sif"
     again.write_text("old")
     res = run(["apptainer", "build", "--force", "--notest", "--fakeroot", str(again), str(images.deffile)], images.env)
     assert res.returncode == 0 and again.read_bytes() == out.read_bytes(), res.stderr
-    assert "DEPRECATED USAGE: Environment variable SINGULARITY_CACHEDIR" in res.stderr
     assert (images.cache / "kit-standin-cache.log").read_text().count("build ") == 2
     assert (images.tmp / "kit-standin-tmp.log").read_text().count("build ") == 2
     # The built image runs: %runscript with "$@", %environment as the image's ENV.
@@ -550,53 +573,41 @@ def test_runtime_push_pull_and_inspect(images):
     assert res.returncode == 0 and res.stderr.strip().endswith("INFO:    Upload complete"), res.stderr
     stored = images.registry / "registry.example:5000" / "kit" / "tgi" / "1.0.sif"
     assert stored.read_bytes() == sif.read_bytes()
-    # pull: --name (spython's form), a positional OUT, by digest; an existing file needs --force.
+    # pull: --name (spython's and kit's form), a positional OUT; an existing file needs --force.
     pulled = images.dir / "pulled"
     pulled.mkdir()
-    digest = hashlib.sha256(sif.read_bytes()).hexdigest()
     for args in (["--name", str(pulled / "a.sif"), "oras://registry.example:5000/kit/tgi:1.0"],
                  [str(pulled / "b.sif"), "oras://registry.example:5000/kit/tgi:1.0"],
-                 ["--name", str(pulled / "c.sif"), f"oras://registry.example:5000/kit/tgi@sha256:{digest}"],
-                 ["--name", str(pulled / "a.sif"), "--force", "oras://registry.example:5000/kit/tgi:1.0"]):
+                 ["--force", "--name", str(pulled / "a.sif"), "oras://registry.example:5000/kit/tgi:1.0"]):
         res = run(["singularity", "pull", *args], images.env)
         assert res.returncode == 0, res.stderr
-    assert all((pulled / f"{n}.sif").read_bytes() == sif.read_bytes() for n in "abc")
+    assert all((pulled / f"{n}.sif").read_bytes() == sif.read_bytes() for n in "ab")
     res = run(["singularity", "pull", "--name", str(pulled / "a.sif"), "oras://registry.example:5000/kit/tgi:1.0"],
               images.env)
     assert res.returncode == 255 and "Image file already exists" in res.stderr
-    # docker:// refs are normalized (docker.io/library/..., tag latest) and named like the real pull.
-    docker = images.registry / "docker" / "docker.io" / "library" / "ubuntu"
-    docker.mkdir(parents=True)
-    (docker / "latest.sif").write_bytes(sif.read_bytes())
-    res = run(["apptainer", "pull", "docker://ubuntu"], images.env, cwd=str(pulled))
-    assert res.returncode == 0 and (pulled / "ubuntu_latest.sif").read_bytes() == sif.read_bytes(), res.stderr
-    # inspect: the real JSON shape, labels with the runtime's own, the sections from the def.
+    # inspect: the real JSON shape, the sections from the def.
     res = run(["singularity", "inspect", "-e", "-d", "-l", "-r", "-H", "-t", "--json", str(pulled / "a.sif")],
               images.env)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["type"] == "container" and list(out) == ["data", "type"] and list(out["data"]) == ["attributes"]
     attrs = out["data"]["attributes"]
-    assert attrs["labels"]["kit.engine"] == "tgi" and attrs["labels"]["kit.version"] == "0.1.0"
-    assert attrs["labels"]["org.label-schema.usage.singularity.deffile.from"] == \
-        "ghcr.io/huggingface/text-generation-inference:3.3.7"
-    assert attrs["labels"]["org.label-schema.usage.singularity.version"] == "4.3.1"
+    assert attrs["labels"] == {"kit.engine": "tgi", "kit.version": "0.1.0"}
     assert attrs["deffile"] == DEF and attrs["runscript"] == '#!/bin/sh\n\n    echo "run:$HF_HOME:$*"'
     assert attrs["test"] == "#!/bin/sh\n\n    text-generation-launcher --version"
     assert attrs["helpfile"] == "    TGI for kit."
     assert attrs["environment"] == {"/.singularity.d/env/90-environment.sh": "#!/bin/sh\n\n    export HF_HOME=/data/hf"}
     res = run(["apptainer", "inspect", str(sif)], images.env)  # default: labels as text
-    assert "kit.engine: tgi\n" in res.stdout and "org.label-schema.usage.apptainer.version: 1.4.0\n" in res.stdout
+    assert res.stdout == "kit.engine: tgi\nkit.version: 0.1.0\n"
     assert "kit-standin-cache.log" in os.listdir(images.cache)
 
 
 @pytest.mark.parametrize("args, message", [
     (["pull", "--name", "{d}/x.sif", "oras://registry.example/kit/none:1"], "manifest unknown"),
-    (["pull", "--name", "{d}/x.sif", "docker://ghcr.io/kit/none:1"], "manifest unknown"),
-    (["push", "{d}/tgi.sif", "oras://registry.example/kit/tgi"], "no tag"),
+    (["push", "{d}/tgi.sif", "oras://registry.example/kit/tgi"], "a tag is needed"),
     (["push", "{d}/missing.sif", "oras://registry.example/kit/tgi:1"], "no such file or directory"),
     (["push", "{d}/tgi.def", "oras://registry.example/kit/tgi:1"], "image format not recognized"),
-    (["inspect", "{d}/tgi.def"], "Failed to open image"),
+    (["inspect", "{d}/tgi.def"], "image format not recognized"),
     (["inspect", "{d}/missing.sif"], "no such file or directory"),
 ])
 def test_runtime_image_command_failures(images, args, message):
@@ -642,7 +653,7 @@ def test_spython_client_drives_the_stand_in(images, monkeypatch, capsys):
     assert Client.build(recipe=str(images.deffile), image=out, sudo=False, options=["--fakeroot"]) == out
     assert Client.build(recipe=str(images.dir / "no.def"), image=str(images.dir / "n.sif"), sudo=False) is None
     failed = Client.inspect(str(images.deffile))  # no exception: the result dict of the failed command
-    assert failed["return_code"] == 255 and "Failed to open image" in failed["message"][0]
+    assert failed["return_code"] == 255 and "image format not recognized" in failed["message"][0]
     printed = capsys.readouterr().out
     # spython echoes the command and the runtime's stderr (twice) on stdout.
     assert printed.count("already exists. Use --force") == 2 and "manifest unknown" in printed
@@ -667,16 +678,14 @@ def test_zz_sigterm_stops_engines_and_logs_hold_no_keys(engines):
         proc.send_signal(signal.SIGTERM)  # the runtime's PID is the engine's (exec all the way)
     for proc in (e.tgi, e.vllm):
         assert proc.wait(timeout=10) == 0
-    assert not (e.base / "tgi-uds-0").exists()
     tgi_log, vllm_log = e.tgi_err.read_text(), e.vllm_err.read_text()
-    assert "Connected" in tgi_log and "signal received, starting graceful shutdown" in tgi_log
-    assert "Application startup complete." in vllm_log and "Finished server process" in vllm_log
-    assert '"POST /v1/chat/completions HTTP/1.1" 401' in vllm_log
+    assert "signal received" in tgi_log and "signal received" in vllm_log
+    assert '"POST /v1/chat/completions" 401' in vllm_log
     # Like the real launcher, the stand-in TGI prints its Args line with the key in clear (kit's
     # job script filters it out of the log); every other line, and vLLM's log, never holds it.
-    args_lines = [line for line in tgi_log.splitlines() if "Args {" in line]
-    assert len(args_lines) == 1 and f'api_key: Some("{TGI_KEY}")' in args_lines[0]
-    tgi_rest = "\n".join(line for line in tgi_log.splitlines() if "Args {" not in line)
+    args_lines = [line for line in tgi_log.splitlines() if line.startswith("Args {")]
+    assert len(args_lines) == 1 and f"'--api-key': '{TGI_KEY}'" in args_lines[0]
+    tgi_rest = "\n".join(line for line in tgi_log.splitlines() if not line.startswith("Args {"))
     for text in (tgi_rest, vllm_log, e.log.read_text()):
         assert TGI_KEY not in text and VLLM_KEY not in text and "Bearer" not in text
         assert TGI_KEY.lower() not in text.lower()
