@@ -136,15 +136,27 @@ def test_the_key_is_absent_from_script_slurm_and_logs(serve_env, tgi_job):
         assert key not in (job_dir / name).read_text()
 
 
-def test_the_engine_gets_the_pinned_flags_and_per_job_ports(serve_env, tgi_job):
+def engine_argv(serve_env, job_id: str) -> list[str]:
+    """The runtime call that started the job's engine (its private run dir names the job)."""
     calls = [json.loads(line) for line in Path(serve_env["env"]["KIT_STANDIN_LOG"]).read_text().splitlines()]
-    argv = next(c["argv"] for c in calls if "--model-id" in c["argv"] and str(serve_env["model"]) in c["argv"])
-    assert argv[1] == "run" and "--nv" in argv
-    port = int(tgi_job["url"].rsplit(":", 1)[1])
-    assert argv[argv.index("--port") + 1] == str(port)
-    assert argv[argv.index("--shard-uds-path") + 1] == f"/tmp/kit-tgi-{tgi_job['job_id']}"
-    ports = {argv[argv.index(f) + 1] for f in ("--port", "--prometheus-port", "--master-port")}
-    assert len(ports) == 3 and all(20000 <= int(p) <= 20009 for p in ports)
+    return next(c["argv"] for c in calls if any(a.startswith(f"/tmp/kit-run-{job_id}.") for a in c["argv"])
+                and ("--model-id" in c["argv"] or "serve" in c["argv"]))
+
+
+def job_ports(serve_env, job: dict) -> set[str]:
+    argv = engine_argv(serve_env, job["job_id"])
+    return {job["url"].rsplit(":", 1)[1]} | {argv[argv.index(f) + 1] for f in ("--port", "--prometheus-port", "--master-port")}
+
+
+def test_the_engine_gets_the_pinned_flags_and_per_job_ports(serve_env, tgi_job):
+    argv = engine_argv(serve_env, tgi_job["job_id"])
+    assert argv[1] == "run" and "--nv" in argv and "--cleanenv" in argv
+    public = tgi_job["url"].rsplit(":", 1)[1]
+    assert argv[argv.index("--hostname") + 1] == "127.0.0.1"  # the engine: on this node only
+    assert argv[argv.index("--port") + 1] != public  # the guard has the public port
+    assert argv[argv.index("--shard-uds-path") + 1].startswith(f"/tmp/kit-run-{tgi_job['job_id']}.")
+    ports = job_ports(serve_env, tgi_job)
+    assert len(ports) == 4 and all(20000 <= int(p) <= 20009 for p in ports)
     assert f"{serve_env['model']}:{serve_env['model']}:ro" in argv  # the model dir, bound read-only
 
 
@@ -173,14 +185,8 @@ def test_a_second_job_on_the_same_node_gets_another_port(serve_env, tgi_job):
     st = run(serve_env, "status", "tgi-two", "--json").json()
     assert st["nodes"] == "qgpu2001"  # the pcie node has 2 GPUs: both jobs land there
     assert r.out.strip() != tgi_job["url"]
-    ports = set()
-    for name in ("tgi-one", "tgi-two"):  # all six ports (HTTP, Prometheus, master) are distinct
-        argv = next(c["argv"] for c in map(json.loads, Path(serve_env["env"]["KIT_STANDIN_LOG"]).read_text().splitlines())
-                    if "--shard-uds-path" in c["argv"]
-                    and c["argv"][c["argv"].index("--shard-uds-path") + 1].endswith(
-                        str(json.loads((serve_env["base"] / "state" / "jobs" / name / "record.json").read_text())["job_id"])))
-        ports |= {argv[argv.index(f) + 1] for f in ("--port", "--prometheus-port", "--master-port")}
-    assert len(ports) == 6
+    ports = job_ports(serve_env, tgi_job) | job_ports(serve_env, dict(second, url=r.out.strip()))
+    assert len(ports) == 8  # public, engine, Prometheus and master ports of both jobs are distinct
     assert run(serve_env, "stop", "tgi-two").code == 0
 
 
@@ -212,9 +218,10 @@ def test_stop_leaves_nothing_running(serve_env, tgi_job):
     assert json.loads((job_dir / "endpoint.json").read_text())["state"] == "stopped"
     pid = endpoint["pid"]
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/status").read_text().split("State:")[1][:4]
-    port = endpoint["port"]
-    assert subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode != 0
-    assert not Path(f"/tmp/kit-ports-{os.getuid()}/{port}").exists()
+    for port in job_ports(serve_env, tgi_job):  # nothing listens, no reservation is left
+        assert subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode != 0
+        assert Path("/tmp/kit-ports").is_dir() and not Path(f"/tmp/kit-ports/{port}").exists()
+    assert not list(Path("/tmp").glob(f"kit-run-{tgi_job['job_id']}.*"))  # the private run dir is gone
     st = run(serve_env, "status", tgi_job["job_id"], "--json").json()
     assert st["state"] == "CANCELLED" and st["ready"] is False
 

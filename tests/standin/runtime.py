@@ -11,8 +11,9 @@ doing to the command line and the environment what the runtime does, for what ki
 - `run` runs the image's %runscript with /bin/sh. The command is exec()ed: it keeps the runtime's
   PID, so SIGTERM reaches the engine.
 - an image is a text file: `#!kit-standin image`, then a definition file (see images.py).
-- every call appends {"argv", "cwd", "env_keys"} to $KIT_STANDIN_LOG: the names of the prefixed
-  variables, never their values.
+- binds also come from SINGULARITY_BIND / APPTAINER_BIND (and *_BINDPATH), as in the runtimes.
+- every call appends {"argv", "cwd", "env_keys", "env_binds"} to $KIT_STANDIN_LOG: the names of
+  the prefixed variables, never their values.
 """
 
 from __future__ import annotations
@@ -43,13 +44,23 @@ def usage(message: str) -> None:
     sys.exit(255)
 
 
+BIND_VARS = {"singularity": ("SINGULARITY_BIND", "SINGULARITY_BINDPATH"),
+             "apptainer": ("APPTAINER_BIND", "APPTAINER_BINDPATH", "SINGULARITY_BIND", "SINGULARITY_BINDPATH")}
+
+
+def env_binds(prog: str) -> list[str]:
+    """Binds the runtime takes from its own variables, as the real ones do (comma lists)."""
+    return [b for var in BIND_VARS[prog] for b in os.environ.get(var, "").split(",") if b]
+
+
 def record(prog: str, args: list[str]) -> None:
     path = os.environ.get("KIT_STANDIN_LOG")
     if path:
         keys = sorted(k for k in os.environ if k.startswith(("SINGULARITYENV_", "APPTAINERENV_")))
+        entry = {"argv": [prog, *args], "cwd": os.getcwd(), "env_keys": keys, "env_binds": env_binds(prog)}
         with open(path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            f.write(json.dumps({"argv": [prog, *args], "cwd": os.getcwd(), "env_keys": keys}) + "\n")
+            f.write(json.dumps(entry) + "\n")
 
 
 def parse_def(text: str) -> tuple[dict, dict]:
@@ -174,7 +185,7 @@ def main(prog: str, args: list[str]) -> None:
     if not rest or (sub == "exec" and len(rest) < 2):
         usage(f"{sub}: too few arguments")
     _, sections = parse_def(read_image(rest[0]))
-    binds = parse_binds(opts["bind"])
+    binds = parse_binds(opts["bind"] + env_binds(prog))
     command = [to_host(a, binds) for a in rest[1:]]
     if sub == "run":
         if not sections.get("runscript"):

@@ -14,6 +14,14 @@ STANDIN = Path(__file__).resolve().parent
 ROOT = STANDIN.parents[1]
 
 
+def tgi_runscript() -> str:
+    """containers/tgi.def's own %runscript, less what needs the real image (its ldconfig and venv)."""
+    text = (ROOT / "containers" / "tgi.def").read_text().split("%runscript", 1)[1].split("\n%", 1)[0]
+    lines = [line.strip() for line in text.splitlines()]
+    return "\n    ".join(line for line in lines
+                          if line and not line.startswith(("#", "ldconfig", ". /usr/src/.venv")))
+
+
 def standin_site(base: Path) -> dict:
     """Tiny model, stand-in images and a user site layer under ``base``; returns the environment
     (to pass to `kit`) and the paths."""
@@ -23,8 +31,8 @@ def standin_site(base: Path) -> dict:
     model = build_tiny_chat_model(base / "models" / "tiny-chat")
     images = base / "images"
     images.mkdir(parents=True, exist_ok=True)
-    for sif, runscript in (("tgi-3.3.7.sif", "text-generation-launcher"), ("vllm-0.19.1.sif", "vllm serve")):
-        (images / sif).write_text(f'{MAGIC}\nBootstrap: docker\n%runscript\n    exec {runscript} "$@"\n')
+    for sif, runscript in (("tgi-3.3.7.sif", tgi_runscript()), ("vllm-0.19.1.sif", 'exec vllm serve "$@"')):
+        (images / sif).write_text(f'{MAGIC}\nBootstrap: docker\n%runscript\n    {runscript}\n')
     # A lock that knows these stand-in images' checksums, as staff's build would record them.
     lock = yaml.safe_load((ROOT / "containers" / "images.lock").read_text())
     for name, entry in lock["images"].items():
