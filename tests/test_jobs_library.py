@@ -256,3 +256,24 @@ def test_the_watcher_backs_off_and_starts_over_at_a_change(tmp_path, monkeypatch
     state.write_text("RUNNING")
     time.sleep(w.delay)
     assert w.state(record).state == "RUNNING" and asked() == n + 1 and w.delay == 0.2
+
+
+def test_wait_asks_slurm_at_once_when_the_job_writes_its_endpoint(tmp_path, monkeypatch):
+    """However long the poll delay has grown, the job's own endpoint file changing (it started,
+    got ready) makes the next look ask Slurm: `kit wait` notices a started engine promptly."""
+    from kit.jobs import watch
+
+    (tmp_path / "squeue").write_text(f"#!/bin/sh\necho x >> {tmp_path}/calls\necho '9|RUNNING|None|qgpu2001|0|'\n")
+    (tmp_path / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setattr(watch, "WATCHER", watch.Watcher(min_delay=60, max_delay=60))
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    record = JobRecord(job_dir, {"name": "e", "job_id": "9"})
+    looks = watch.watch(record, interval=0.01, files=watch.job_files)
+    for _ in range(3):
+        next(looks)
+    assert len((tmp_path / "calls").read_text().splitlines()) == 1  # cached: the delay is 60 s
+    (job_dir / "endpoint.json").write_text('{"state": "starting"}')
+    next(looks)
+    assert len((tmp_path / "calls").read_text().splitlines()) == 2

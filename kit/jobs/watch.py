@@ -9,7 +9,8 @@ no later command asks again), a live one for the current poll delay. The delay s
 POLL_MIN_S, grows by POLL_GROWTH while nothing changes, up to POLL_MAX_S, and falls back to
 POLL_MIN_S at every change. The loops (`wait`, `stop`, following a log) tick every TICK_S to
 look at what costs Slurm nothing (the job's files, /health), so `kit wait` sees a ready engine
-within a tick whatever the Slurm delay.
+within a tick whatever the Slurm delay; and when the job writes its endpoint file (it started,
+got ready, stopped) `kit wait` asks Slurm at once.
 
 A job that will run again is not finished: REQUEUED, REQUEUE_HOLD, REQUEUE_FED, SPECIAL_EXIT,
 and PREEMPTED or NODE_FAIL for a job submitted with --requeue (``requeue`` in its record).
@@ -127,11 +128,31 @@ def job_states(records: Iterable[JobRecord]) -> dict[str, slurm.JobState]:
     return WATCHER.states(records)
 
 
-def watch(record: JobRecord, *, interval: float = TICK_S, timeout: float | None = None) -> Iterator[slurm.JobState]:
+def job_files(record: JobRecord) -> tuple:
+    """What the job itself last wrote into its record (endpoint.json, `failed`): when it changes,
+    the job has moved on (started, got ready, stopped), so Slurm is worth asking at once."""
+    stamps = []
+    for name in ("endpoint.json", "failed"):
+        try:
+            stamps.append((record.dir / name).stat().st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def watch(record: JobRecord, *, interval: float = TICK_S, timeout: float | None = None,
+          files: Callable[[JobRecord], object] | None = None) -> Iterator[slurm.JobState]:
     """The job's Slurm state now, then every ``interval`` s (asked of Slurm only as the watcher's
-    delay allows), until the caller stops or ``timeout`` s have passed (the iterator then ends)."""
+    delay allows, or at once when ``files(record)`` changed), until the caller stops or
+    ``timeout`` s have passed (the iterator then ends)."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    seen = files(record) if files else None
     while True:
+        if files:
+            now = files(record)
+            if now != seen:
+                WATCHER.expire()
+            seen = now
         yield job_state(record)
         if deadline is not None and time.monotonic() >= deadline:
             return
@@ -152,7 +173,7 @@ def wait(record: JobRecord, timeout: float, on_change: Callable[[Status], None] 
     Slurm's reason; so is a pending reason that never clears, and the timeout. A requeued job
     has not ended: it is waited for."""
     last = st = None
-    for state in watch(record, interval=interval, timeout=timeout):
+    for state in watch(record, interval=interval, timeout=timeout, files=job_files):
         st = status(record, state=state)
         phase = (st.slurm.state, st.slurm.reason, bool(st.url), st.ready)
         if on_change and phase != last:
