@@ -128,6 +128,8 @@ def test_the_key_is_absent_from_script_slurm_and_logs(serve_env, tgi_job):
     shown = subprocess.run(["scontrol", "show", "job", "-dd", tgi_job["job_id"]], capture_output=True, text=True)
     assert shown.returncode == 0 and key not in shown.stdout
     batch = subprocess.run(["scontrol", "write", "batch_script", tgi_job["job_id"], "-"], capture_output=True, text=True)
+    # scontrol 22.05 exits 0 even when it cannot fetch the script: the script itself must be there
+    assert batch.returncode == 0 and "#SBATCH --job-name=tgi-one" in batch.stdout, batch.stderr
     assert key not in batch.stdout
     run(serve_env, "chat", tgi_job["job_id"], "hello", "--max-tokens", "4")
     assert key not in (job_dir / f"slurm-{tgi_job['job_id']}.out").read_text()
@@ -319,5 +321,79 @@ def test_unknown_and_foreign_jobs(serve_env):
 def test_no_slurm_on_path(serve_env, tmp_path):
     r = kit("serve", str(serve_env["model"]), env=dict(serve_env["env"], PATH=str(tmp_path)))
     assert r.code != 0 and "'sbatch' not found on PATH" in r.error_line
-    r = kit("status", "tgi-one", env=dict(serve_env["env"], PATH=str(tmp_path)))
+    r = kit("status", "999999", env=dict(serve_env["env"], PATH=str(tmp_path)))
     assert r.code != 0 and "not found on PATH" in r.error_line
+    # a job seen ended has its final state in its record: Slurm is not asked again
+    r = kit("status", "tgi-one", "--json", env=dict(serve_env["env"], PATH=str(tmp_path)))
+    assert r.code == 0 and r.json()["state"] == "CANCELLED", r.err
+
+
+# --- Ctrl-C or SIGTERM during submit --------------------------------------------------------------
+
+SLOW_SBATCH = {  # a real sbatch made slow: it queues the job, then takes its time to exit
+    "queues-then-sleeps-1": 'out=$("{real}" "$@"); rc=$?; touch "{mark}"; printf "%s\\n" "$out"; sleep 1; exit $rc',
+    "queues-then-hangs": 'out=$("{real}" "$@"); rc=$?; touch "{mark}"; printf "%s\\n" "$out"; sleep 60; exit $rc',
+    "hangs-before-queueing": 'touch "{mark}"; sleep 60; exec "{real}" "$@"',
+}
+
+
+def interrupt_submit(serve_env, tmp_path, sbatch_body: str, name: str, sig: int) -> tuple[int, str, Path]:
+    """`kit serve` with a slow sbatch, interrupted by ``sig`` once sbatch has started."""
+    import shutil
+    import signal
+
+    bin_dir, mark = tmp_path / "slow-bin", tmp_path / "sbatch-started"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/bash\n" + sbatch_body.format(real=shutil.which("sbatch"), mark=mark) + "\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = dict(os.environ, **serve_env["env"])
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    proc = subprocess.Popen([sys.executable, "-m", "kit.cli", "serve", str(serve_env["model"]), "--name", name],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not mark.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err, serve_env["base"] / "state" / "jobs" / name
+
+
+def queued_ids(name: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "all", "-n", name, "-o", "%i"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize(
+    ("sbatch", "sig"),
+    [("queues-then-sleeps-1", "SIGINT"), ("queues-then-hangs", "SIGTERM"), ("queues-then-hangs", "SIGINT")],
+)
+def test_an_interrupted_submit_keeps_the_record_of_a_queued_job(serve_env, tmp_path, sbatch, sig):
+    """sbatch queued the job: its record stays, with the job id (from sbatch when it still answers,
+    else from Slurm by the job's name and directory), and the command says so."""
+    import signal
+
+    name = f"interrupted-{sbatch}-{sig}-{os.urandom(3).hex()}".lower()  # Slurm remembers earlier runs' jobs
+    code, err, job_dir = interrupt_submit(serve_env, tmp_path, SLOW_SBATCH[sbatch], name, getattr(signal, sig))
+    ids = queued_ids(name)
+    try:
+        assert len(ids) == 1, (ids, err)
+        assert code == 130 and f"sbatch had queued job {ids[0]} ({name})" in err and "Traceback" not in err, err
+        record = json.loads((job_dir / "record.json").read_text())
+        assert record["job_id"] == ids[0] and record["requeue"] is False
+        assert (job_dir / "api_key").is_file() and (job_dir / "job.sbatch").is_file()
+    finally:
+        subprocess.run(["scancel", *ids])
+
+
+def test_an_interrupted_submit_that_queued_nothing_leaves_nothing(serve_env, tmp_path):
+    import signal
+
+    name = f"never-queued-{os.urandom(3).hex()}"
+    slow = SLOW_SBATCH["hangs-before-queueing"]
+    code, err, job_dir = interrupt_submit(serve_env, tmp_path, slow, name, signal.SIGINT)
+    assert code == 130 and f"nothing was queued for {name}" in err, err
+    assert not job_dir.exists() and queued_ids(name) == []

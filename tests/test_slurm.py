@@ -381,3 +381,15 @@ def test_run_reports_slurm_error_line(slurm_cluster):
         "Slurm command 'scontrol show job 999999999' failed (exit 1): "
         "slurm_load_jobs error: Invalid job id specified"
     )
+
+
+@pytest.mark.slurm
+def test_kill_wait_leaves_the_serving_jobs_their_stop_grace(slurm_cluster):
+    """scancel sends SIGTERM, then SIGKILL after KillWait: the serving template stops its engine
+    within STOP_GRACE_S and must still have time to record that it stopped."""
+    from kit.jobs.serve import STOP_GRACE_S
+
+    lines = slurm.run(["scontrol", "show", "config"]).splitlines()
+    config = {key.strip(): value.strip() for key, value in (line.split("=", 1) for line in lines if "=" in line)}
+    kill_wait = int(config["KillWait"].split()[0])  # "30 sec"
+    assert kill_wait >= STOP_GRACE_S + 5, f"KillWait={kill_wait} s leaves no room after the {STOP_GRACE_S} s stop grace"

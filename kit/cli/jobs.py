@@ -56,11 +56,10 @@ def warn(warnings: list[str]) -> None:
 def jobs_cmd(site, as_json):
     """Your kit jobs with their live state."""
     from kit.jobs.record import records, state_root
-    from kit.jobs.status import status
+    from kit.jobs.status import statuses
     from kit.sites import load_site_if_given
 
-    root = state_root(load_site_if_given(site))
-    rows = [status(rec, check_health=False).as_dict() for rec in records(root) if rec.job_id]
+    rows = [st.as_dict() for st in statuses(records(state_root(load_site_if_given(site))))]
     if as_json:
         emit_json(rows)
         return

@@ -12,7 +12,10 @@ from kit.jobs.record import JobRecord
 
 
 def job_state(record: JobRecord) -> slurm.JobState:
-    return slurm.job_state(record.job_id, record.data.get("accounting", False))
+    """The job's state through the one watcher (kit.jobs.watch)."""
+    from kit.jobs.watch import job_state as watched
+
+    return watched(record)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class Status:
             "nodes": self.slurm.nodes,
             "exit_code": self.slurm.exit_code,
             "state_source": self.slurm.source,
+            "requeue": self.slurm.requeue,
             "url": self.url,
             "endpoint_state": ep.get("state"),
             "ready": self.ready,
@@ -47,6 +51,14 @@ class Status:
             "site": self.record.data.get("site"),
             "log": str(self.record.log_path),
         }
+
+
+def statuses(records: list[JobRecord]) -> list[Status]:
+    """The status of every record with a job id, from one round of Slurm calls (no /health)."""
+    from kit.jobs.watch import job_states
+
+    states = job_states(records)
+    return [status(rec, check_health=False, state=states[str(rec.job_id)]) for rec in records if rec.job_id]
 
 
 def status(record: JobRecord, check_health: bool = True, state: slurm.JobState | None = None) -> Status:

@@ -8,6 +8,8 @@
 # distinct Port=), which Debian's build supports as is.
 # Accounting: none (no slurmdbd, so no `sacct`); finished jobs go to jobcomp/filetxt and stay
 # visible to `scontrol show job` / `squeue` for MinJobAge (1 h).
+# KillWait is Slurm's default (30 s): the serving jobs' clean stop (STOP_GRACE_S in
+# kit/jobs/serve.py) must fit between scancel's SIGTERM and the SIGKILL that follows.
 # Env: SLURM_UP_WAIT_S  how long to wait for all nodes to become usable (default 60).
 # Stop with slurm-down.sh (--purge also removes state, logs and the generated config).
 set -euo pipefail
@@ -136,7 +138,7 @@ MinJobAge=3600
 SlurmctldTimeout=30
 SlurmdTimeout=60
 InactiveLimit=0
-KillWait=5
+KillWait=30
 DefMemPerCPU=1000
 
 # ---- tests/cluster/cluster.conf ----
