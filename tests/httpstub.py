@@ -1,5 +1,6 @@
-"""The shared plumbing of the tests' HTTP stand-ins (Hub, registry): a threaded server on
-127.0.0.1 that hands every GET/HEAD to the subclass's `route`, and a `send` helper."""
+"""The shared plumbing of the tests' HTTP stand-ins (Hub, registry, a recording chat server): a
+threaded server on 127.0.0.1 that hands every GET/HEAD/POST to the subclass's `route`, and a
+`send` helper."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ class LocalHTTPStub:
                 stub.route(self)
 
             def do_HEAD(self):
+                stub.route(self)
+
+            def do_POST(self):
                 stub.route(self)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -143,3 +143,23 @@ def test_a_port_taken_on_another_address_is_not_free(env):
         layer_file.write_text(saved)
         for s in holders:
             s.close()
+
+
+def test_the_engines_last_lines_reach_the_log(env, tmp_path):
+    """An engine that crashes with a long traceback: every line, the last one above all, is in
+    the log (the job waits for the filter that redacts the engine's output)."""
+    crashing = tmp_path / "crashing-model"
+    shutil.copytree(env["model"], crashing)
+    config = json.loads((crashing / "config.json").read_text())
+    (crashing / "config.json").write_text(json.dumps(dict(config, kit_standin_crash_lines=100000)))
+    r = kit("serve", str(crashing), "--name", "crashing", "--json", env=env["env"])
+    assert r.code == 0, r.err
+    w = kit("wait", "crashing", "--timeout", "120", env=env["env"])
+    assert w.code == 4 and "exited with status 1" in w.err, w.err
+    log = (env["base"] / "state" / "jobs" / "crashing" / f"slurm-{r.json()['job_id']}.out").read_text()
+    assert log.count("Traceback line ") == 100000 and "crashed loading" in log
+    # The job waited for them before it gave up: its own last words come after the engine's,
+    # and `kit wait` shows the engine's last line in the tail it prints. (On sites whose
+    # proctrack kills what a job leaves behind, lines written later are lost.)
+    assert log.index("crashed loading") < log.index("kit-job: error: TGI exited with status 1")
+    assert "crashed loading" in w.err

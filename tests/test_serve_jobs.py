@@ -96,7 +96,9 @@ def test_chat_one_shot_streamed_and_not(serve_env, tgi_job):
     assert r.code == 0 and r.out.strip(), r.err
 
 
-def test_chat_interactive_keeps_the_conversation(serve_env, tgi_job):
+def test_chat_interactive_answers_each_question(serve_env, tgi_job):
+    """Through the real job; that the history is resent is checked in test_client.py, where a
+    recording server sees every request."""
     proc = subprocess.run([sys.executable, "-m", "kit.cli", "chat", tgi_job["job_id"], "--max-tokens", "4"],
                           input="first question\nsecond question\nexit\n", capture_output=True, text=True,
                           env=dict(os.environ, **serve_env["env"]), timeout=120)

@@ -184,3 +184,20 @@ def test_a_hub_adapter_cannot_be_downloaded_by_an_offline_job(fixed_env, monkeyp
     with pytest.raises(KitError, match="not in the shared model cache, and this job runs offline"):
         serve.build(site, info, plan, account="p12345", time=None, adapters=["lab/other-lora"], name="x",
                     ready_timeout_s=60, request={})
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+def test_the_job_waits_for_the_engines_filtered_output(fixed_env, monkeypatch, engine):
+    """The filter that redacts the engine's output is a process the job tracks and waits for on
+    every way out, so the engine's last lines reach the log before the job ends (a process
+    substitution is never waited for, and a site's process tracking kills it at the job's end)."""
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
+    script = build_job(load_site("quest").site, engine, account="p12345").script
+    assert "> >(" not in script
+    assert 'kit_redact < "$KIT_RUN_DIR/engine.out" &\nKIT_REDACT_PID=$!' in script
+    assert '> "$KIT_RUN_DIR/engine.out" 2>&1 &\nKIT_ENGINE_PID=$!' in script
+    death, end = script.split("before it was ready")[0], script.split("# Until the engine or the guard ends")[1]
+    assert 'kit_stop "$KIT_REDACT_PID"' in death.rsplit("if ! kill -0", 1)[1]  # the engine died while starting
+    assert end.index('kit_stop "$KIT_REDACT_PID"') < end.index("exited with status")  # the engine ended
+    cleanup = script.split("kit_cleanup() {")[1].split("\n}")[0]
+    assert 'kit_stop "$KIT_REDACT_PID"' in cleanup  # a stop signal

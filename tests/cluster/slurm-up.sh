@@ -112,7 +112,9 @@ AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
 SwitchType=switch/none
-ProctrackType=proctrack/linuxproc
+# pgid, like the cgroup tracking of real sites (which linuxproc is not): what a job leaves running
+# in its process group when it ends is killed, so a test sees output lost by a job that exits early.
+ProctrackType=proctrack/pgid
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory

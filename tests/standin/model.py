@@ -28,9 +28,15 @@ def resolve(model_id: str, revision: str | None = None, cache_dir: str | None = 
             fail(f"{model_id} is not in the local cache: {type(exc).__name__}: {exc}")
     try:
         with open(os.path.join(path, "config.json")) as f:
-            return path, json.load(f)
+            config = json.load(f)
     except (OSError, ValueError) as exc:
         fail(f"cannot load {model_id}: config.json: {exc}")
+    burst = config.get("kit_standin_crash_lines")
+    if burst:  # a test's model that crashes at load with a long traceback, like a real engine
+        for i in range(int(burst)):
+            sys.stderr.write(f"Traceback line {i} of {burst}\n")
+        fail(f"crashed loading {model_id} after {burst} lines (kit_standin_crash_lines)")
+    return path, config
 
 
 class Model:

@@ -1,0 +1,57 @@
+"""kit's client against a recording OpenAI-compatible server on 127.0.0.1: what `kit chat`
+really sends, turn after turn."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from httpstub import LocalHTTPStub
+
+
+class RecordingChat(LocalHTTPStub):
+    """Answers every chat turn with "answer N" (streamed or not) and keeps each request body."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests: list[dict] = []
+
+    def route(self, req):
+        if req.command == "GET" and req.path == "/v1/models":
+            self.send(req, 200, {"Content-Type": "application/json"}, b'{"data": [{"id": "recorder"}]}')
+            return
+        body = json.loads(req.rfile.read(int(req.headers["Content-Length"])))
+        self.requests.append({"auth": req.headers.get("Authorization"), **body})
+        text = f"answer {len(self.requests)}"
+        if body.get("stream"):
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]}
+            events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+            self.send(req, 200, {"Content-Type": "text/event-stream"}, events)
+            return
+        out = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+               "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+               "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        self.send(req, 200, {"Content-Type": "application/json"}, json.dumps(out).encode())
+
+
+def test_an_interactive_chat_resends_the_whole_conversation(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("the-key\n")
+    for stream in (True, False):
+        with RecordingChat() as server:
+            args = [sys.executable, "-m", "kit.cli", "chat", server.url, "--api-key-file", str(key),
+                    "--system", "be brief"] + ([] if stream else ["--no-stream"])
+            proc = subprocess.run(args, input="first question\n\nsecond question\nexit\nnever sent\n",
+                                  capture_output=True, text=True, timeout=60, env=dict(os.environ))
+            assert proc.returncode == 0, proc.stderr
+            assert proc.stdout.split() == ["answer", "1", "answer", "2"]
+            first, second = server.requests
+            assert first["messages"] == [{"role": "system", "content": "be brief"},
+                                         {"role": "user", "content": "first question"}]
+            assert second["messages"] == first["messages"] + [{"role": "assistant", "content": "answer 1"},
+                                                              {"role": "user", "content": "second question"}]
+            assert {r["auth"] for r in server.requests} == {"Bearer the-key"}
+            assert {r["model"] for r in server.requests} == {"recorder"}  # the server's own name
