@@ -2,10 +2,12 @@
 per module:
 
 - `flags.py`: the engines' command lines, parsed with the pinned flag sets (tests/engine_flags.yaml).
-- `httpd.py`: the engines' HTTP server, API-key check and OpenAI chat route.
+- `routes.py`: the engines' pinned route tables (tests/engine_routes.yaml) and their matching.
+- `httpd.py`: the engines' HTTP server (TCP or Unix socket), serving a route table behind a key rule.
+- `engine.py`: what both engines share: key-rule hooks, the OpenAI chat and completions routes.
 - `model.py`: the model, loaded with transformers on CPU, greedy; `tiny_model.py` writes a tiny
   real chat model (`python tests/standin/tiny_model.py DIR`).
-- `tgi.py`, `vllm.py`: `text-generation-launcher` and `vllm serve`: their flags, routes and rules.
+- `tgi.py`, `vllm.py`: `text-generation-launcher` and `vllm serve`: their flags, handlers and key rules.
 - `runtime.py`: `singularity`/`apptainer` exec and run on the host (binds, env prefixes, --env,
   --cleanenv, runscript, the JSONL call log); `images.py`: their build, pull, push, inspect.
 - `site.py`: a site layer that serves with all of the above; `bin/`: the commands.

@@ -1,7 +1,7 @@
-"""The engines' HTTP side: a threaded server, routing with each engine's API-key rule, and the
-OpenAI chat route both engines serve (what kit's client and huggingface_hub's InferenceClient use).
+"""The engines' HTTP side: a threaded server on a TCP port or a Unix socket, serving the engine's
+pinned route table (routes.py) behind the engine's own API-key rule (engine.py).
 
-Nothing answers until the model is loaded: the port is bound first (a taken port fails fast) and
+Nothing answers until the model is loaded: the address is bound first (a taken one fails fast) and
 listens only once serving starts. SIGTERM or SIGINT stop the server and exit 0.
 """
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import socketserver
 import sys
 import threading
-import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from standin import routes
 from standin.model import fail
 
 
@@ -25,68 +26,12 @@ class HTTPError(Exception):
         self.status, self.payload = status, payload
 
 
-class Engine:
-    """One engine's routes and rules; tgi.py and vllm.py fill them in."""
-
-    routes: dict  # (method, path) -> fn(body) -> (status, payload)
-    unauthorized = (401, None)
-
-    def __init__(self, model, max_total: int):
-        self.model, self.max_total, self.requests = model, max_total, 0
-
-    def needs_key(self, method: str, path: str) -> bool:
-        raise NotImplementedError
-
-    def key_ok(self, header: str | None) -> bool:
-        raise NotImplementedError
-
-    def error(self, message: str) -> HTTPError:
-        raise NotImplementedError
-
-    def check(self, prompt_tokens: int, max_tokens: int) -> None:
-        """Raise the engine's error when the request does not fit its context."""
-
-    def model_name(self, body: dict) -> str:
-        raise NotImplementedError
-
-    def chat(self, body: dict):
-        """POST /v1/chat/completions, streamed (server-sent events) or not."""
-        name = self.model_name(body)
-        try:
-            ids = self.model.chat_ids([{"role": m["role"], "content": str(m.get("content") or "")}
-                                       for m in body["messages"]])
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise self.error(f"invalid messages: {exc}") from None
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or self.max_total - len(ids)
-        self.check(len(ids), max_tokens)
-        self.requests += 1
-        pieces, generated, finish = self.model.generate(ids, max_tokens)
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": name}
-        usage = {"prompt_tokens": len(ids), "completion_tokens": generated, "total_tokens": len(ids) + generated}
-        if not body.get("stream"):
-            return 200, {**base, "object": "chat.completion", "usage": usage, "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "logprobs": None,
-                 "finish_reason": finish}]}
-
-        def events():
-            chunks = pieces or [""]
-            for k, piece in enumerate(chunks):
-                yield {**base, "object": "chat.completion.chunk", "choices": [
-                    {"index": 0, "delta": {"role": "assistant", "content": piece}, "logprobs": None,
-                     "finish_reason": finish if k == len(chunks) - 1 else None}]}
-            yield "[DONE]"
-
-        return 200, events()
-
-
 def log(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
 
 
-def make_handler(engine: Engine):
-    paths = {path for _, path in engine.routes}
-
+def make_handler(engine):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -99,16 +44,17 @@ def make_handler(engine: Engine):
             try:
                 if engine.needs_key(self.command, path) and not engine.key_ok(self.headers.get("Authorization")):
                     raise HTTPError(*engine.unauthorized)
-                route = engine.routes.get((self.command, path))
+                route, same_path = routes.find(engine.name, self.command, path)
                 if route is None:
-                    raise HTTPError(405 if path in paths else 404)
+                    raise HTTPError(405 if same_path else 404)
                 try:
-                    body = json.loads(raw) if self.command == "POST" else {}
+                    body = json.loads(raw) if raw else {}
                 except ValueError:
                     body = None
                 if not isinstance(body, dict):
                     raise engine.error("the body is not a JSON object")
-                status, payload = route(body)
+                handler = engine.handlers.get((route.method, route.path))
+                status, payload = handler(body) if handler else engine.plain(route, path, body)
             except HTTPError as exc:
                 status, payload = exc.status, exc.payload
             except Exception as exc:  # noqa: BLE001 - a stand-in bug shows as a 500, never a hang
@@ -116,7 +62,7 @@ def make_handler(engine: Engine):
             log(f'{self.client_address[0]} "{self.command} {path}" {status}')
             self.send(status, payload)
 
-        do_GET = do_POST = handle_request
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_request
 
         def send(self, status: int, payload) -> None:
             self.send_response(status)
@@ -146,6 +92,14 @@ class Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
 
+class UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        conn, _ = self.socket.accept()
+        return conn, ("unix", 0)  # BaseHTTPRequestHandler reads client_address[0]
+
+
 def bind(host: str, port: int) -> Server:
     """Bind now (exit 1 if the port is taken); listen later, in serve()."""
     srv = Server((host, port), BaseHTTPRequestHandler, bind_and_activate=False)
@@ -157,15 +111,33 @@ def bind(host: str, port: int) -> Server:
     return srv
 
 
-def serve(servers: list[Server], engine: Engine) -> None:
+def bind_unix(path: str) -> UnixServer:
+    """Like vLLM's --uds: bind the path as it is (an existing file fails, EADDRINUSE; no chmod, so the
+    mode follows the umask), and leave the file behind at exit."""
+    srv = UnixServer(path, BaseHTTPRequestHandler, bind_and_activate=False)
+    try:
+        srv.server_bind()
+    except OSError as exc:
+        srv.server_close()
+        fail(f"cannot bind unix:{path}: [Errno {exc.errno}] {exc.strerror}")
+    return srv
+
+
+def address(srv) -> str:
+    return f"unix:{srv.server_address}" if srv.socket.family == socket.AF_UNIX else \
+        f"{srv.server_address[0]}:{srv.server_address[1]}"
+
+
+def serve(servers: list, engine) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    engine.check_table()
     for srv in servers:
         srv.RequestHandlerClass = make_handler(engine)
         srv.server_activate()
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
-    log("serving on " + ", ".join(f"{srv.server_address[0]}:{srv.server_address[1]}" for srv in servers))
+    log("serving on " + ", ".join(address(srv) for srv in servers))
     while not stop.wait(0.2):
         pass
     log("signal received, shutting down")

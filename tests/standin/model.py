@@ -64,8 +64,8 @@ class Model:
     def encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[str], int, str]:
-        """Greedy: (text pieces, one per new token; tokens generated; "stop" or "length")."""
+    def generate_ids(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], int, str]:
+        """Greedy: (new token ids up to the end-of-sequence; tokens generated; "stop" or "length")."""
         eos = self.tokenizer.eos_token_id
         with self.lock, self.torch.inference_mode():
             prompt = self.torch.tensor([ids])
@@ -74,10 +74,14 @@ class Model:
                                       pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos)
         new = out[0][len(ids):].tolist()
         stopped = eos in new
-        text_ids = new[:new.index(eos)] if stopped else new
+        return (new[:new.index(eos)] if stopped else new), len(new), "stop" if stopped else "length"
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> tuple[list[str], int, str]:
+        """Greedy: (text pieces, one per new token; tokens generated; "stop" or "length")."""
+        text_ids, generated, finish = self.generate_ids(ids, max_new_tokens)
         pieces, shown = [], ""
         for k in range(1, len(text_ids) + 1):
             text = self.tokenizer.decode(text_ids[:k], skip_special_tokens=True)
             pieces.append(text[len(shown):])
             shown = text
-        return pieces, len(new), "stop" if stopped else "length"
+        return pieces, generated, finish

@@ -13,16 +13,19 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
 
-from standin import flags
+from standin import flags, routes
+from standin.tgi import TGI
 from standin.tiny_model import build_tiny_chat_model
 
 HERE = Path(__file__).resolve().parent
@@ -309,6 +312,145 @@ def test_inference_client_chat_stream_and_health(engines, online, flavour):
     with pytest.raises(HfHubHTTPError) as err:
         InferenceClient(model=url, api_key="wrong").chat_completion(messages=MESSAGES, max_tokens=2, **kwargs)
     assert err.value.response.status_code == 401
+
+
+# --- engines: the pinned route tables and each engine's key rule ------------------------------------------
+
+# One body every listed route accepts: each handler reads its own fields.
+ANY_BODY = {"model": "tiny", "messages": MESSAGES, "max_tokens": 2, "prompt": "Hello", "inputs": "Hello",
+            "parameters": {"max_new_tokens": 2}, "instances": [{"inputs": "Hi", "parameters": {"max_new_tokens": 2}}],
+            "token_ids": [5, 6, 7], "sampling_params": {"max_tokens": 2}, "tokens": [5, 6]}
+
+
+def concrete(route: routes.Route) -> tuple[str, str]:
+    """(method, path) of a request this route serves."""
+    path = route.path.replace("{response_id}", "resp-1").replace("*rest", "swagger-ui.css")
+    return ("DELETE" if route.method == "ANY" else route.method), path + ("/extra" if route.prefix else "")
+
+
+def test_route_tables_follow_each_engines_key_rule():
+    tgi, vllm = routes.table("tgi"), routes.table("vllm")
+    assert (len(tgi), len(vllm)) == (19, 28)
+    assert len(set(tgi)) == len(tgi) and len(set(vllm)) == len(vllm)
+    # vLLM: the key on every path under /v1 and nowhere else; /invocations and /inference/v1/generate open.
+    assert routes.spec("vllm")["key"]["prefixes"] == ["/v1"]
+    assert all(r.key == r.path.startswith("/v1") for r in vllm)
+    # TGI: the key on its generation routes only (base_routes in router/src/server.rs).
+    assert {(r.method, r.path) for r in tgi if r.key} == {("POST", p) for p in (
+        "/", "/generate", "/generate_stream", "/v1/chat/completions", "/v1/completions", "/vertex",
+        "/invocations", "/tokenize")}
+    # What a stand-in implements is in its table; anything else fails its start.
+    TGI(None, "m", 8, 16, None).check_table()
+    broken = TGI(None, "m", 8, 16, None)
+    broken.handlers[("GET", "/not-upstream")] = None
+    with pytest.raises(RuntimeError, match="not-upstream"):
+        broken.check_table()
+
+
+@pytest.mark.parametrize("flavour", ["tgi", "vllm"])
+def test_every_listed_route_answers_behind_the_engines_own_key_rule(engines, flavour):
+    url, key = (engines.tgi_url, TGI_KEY) if flavour == "tgi" else (engines.vllm_url, VLLM_KEY)
+    refused = (401, b"") if flavour == "tgi" else (401, b'{"error": "Unauthorized"}')
+    open_routes = []
+    for route in routes.table(flavour):
+        method, path = concrete(route)
+        body = None if method == "GET" else ANY_BODY
+        status, out = http(method, url + path, body)
+        if route.key:
+            assert (status, out) == refused, (route, status, out)
+        else:
+            assert status == 200, (route, status, out)
+            open_routes.append(path)
+        assert http(method, url + path, body, {"Authorization": f"Bearer {key}"})[0] == 200, route
+    if flavour == "vllm":  # without a guard, vLLM generates for anyone on these two
+        assert {"/invocations", "/inference/v1/generate"} <= set(open_routes)
+        status, out = http("POST", url + "/invocations", {"model": "tiny", "messages": MESSAGES, "max_tokens": 2})
+        assert status == 200 and json.loads(out)["choices"][0]["message"]["role"] == "assistant"
+        status, out = http("POST", url + "/inference/v1/generate", {"token_ids": [5, 6, 7]})
+        assert status == 200 and all(isinstance(t, int) for t in json.loads(out)["choices"][0]["token_ids"])
+    else:
+        assert not {"/invocations", "/generate", "/v1/completions"} & set(open_routes)
+
+
+def test_unlisted_routes_and_the_edges_of_each_key_rule(engines):
+    tgi, vllm = engines.tgi_url, engines.vllm_url
+    tgi_key, vllm_key = {"Authorization": f"Bearer {TGI_KEY}"}, {"Authorization": f"Bearer {VLLM_KEY}"}
+    for url in (tgi, vllm):
+        assert http("GET", url + "/nope")[0] == 404
+        assert http("POST", url + "/health", {})[0] == 405
+    # TGI: the auth layer also wraps a generation path's 405; `/` keeps the info router's fallback.
+    assert http("GET", tgi + "/generate") == (401, b"")
+    assert http("GET", tgi + "/generate", headers=tgi_key)[0] == 405
+    assert http("PUT", tgi + "/", {})[0] == 405
+    assert http("GET", tgi + "/v1/nope")[0] == 404
+    # vLLM: every path under /v1 needs the key, listed or not; the scheme is case-insensitive, the key not.
+    assert http("GET", vllm + "/v1/nope")[0] == 401
+    assert http("GET", vllm + "/v1/nope", headers=vllm_key)[0] == 404
+    assert http("GET", vllm + "/v1/models", headers={"Authorization": f"bearer {VLLM_KEY}"})[0] == 200
+    assert http("GET", vllm + "/v1/models", headers={"Authorization": f"Bearer {VLLM_KEY.upper()}"})[0] == 401
+    assert http("GET", vllm + "/v1/models", headers={"Authorization": f"Basic {VLLM_KEY}"})[0] == 401
+    # vLLM mounts the prometheus app on every path that starts with /metrics, for every method.
+    assert http("POST", vllm + "/metrics/anything", {})[0] == 200
+
+
+class UnixHTTPConnection(HTTPConnection):
+    def __init__(self, path: str, timeout: float = 30):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def unix_http(path: str, method: str, url: str, body=None, headers: dict | None = None):
+    conn = UnixHTTPConnection(path)
+    try:
+        conn.request(method, url, None if body is None else json.dumps(body),
+                     {"Content-Type": "application/json", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_vllm_serves_on_a_unix_socket(tiny_model, tmp_path):
+    sock, port = tmp_path / "engine.sock", free_port()
+    env = standin_env(tmp_path, VLLM_API_KEY=VLLM_KEY)
+    cmd = ["vllm", "serve", str(tiny_model), "--served-model-name", "tiny", "--uds", str(sock),
+           "--host", "127.0.0.1", "--port", str(port)]
+    err = tmp_path / "vllm.err"
+    with open(err, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=f, stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: os.umask(0o077))
+    try:
+        start = time.monotonic()
+        while True:
+            assert proc.poll() is None and time.monotonic() - start < START_TIMEOUT, err.read_text()
+            try:
+                if unix_http(str(sock), "GET", "/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o700  # the umask's
+        with socket.socket() as s:  # host and port are ignored
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+        assert unix_http(str(sock), "GET", "/v1/models")[0] == 401
+        status, body = unix_http(str(sock), "GET", "/v1/models", headers={"Authorization": f"Bearer {VLLM_KEY}"})
+        assert status == 200 and json.loads(body)["data"][0]["id"] == "tiny"
+        status, body = unix_http(str(sock), "POST", "/invocations", {"prompt": "Hello", "max_tokens": 2})
+        assert status == 200 and json.loads(body)["object"] == "text_completion"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert "unix:" in err.read_text() and '"POST /invocations" 200' in err.read_text()
+    # The socket file stays; like vLLM (no unlink before bind), the next start on it fails fast.
+    assert sock.is_socket()
+    t0 = time.monotonic()
+    res = run(cmd, env)
+    assert res.returncode == 1 and "Address already in use" in res.stderr, res.stderr
+    assert time.monotonic() - t0 < 3
 
 
 # --- engines: flags from the pinned sets ----------------------------------------------------------------
