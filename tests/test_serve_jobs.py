@@ -399,3 +399,58 @@ def test_an_interrupted_submit_that_queued_nothing_leaves_nothing(serve_env, tmp
     code, err, job_dir = interrupt_submit(serve_env, tmp_path, slow, name, signal.SIGINT)
     assert code == 130 and f"nothing was queued for {name}" in err, err
     assert not job_dir.exists() and queued_ids(name) == []
+
+
+def sample_path(path: str) -> str:
+    """A concrete request path for a table entry (`{name}` and `*rest` filled in)."""
+    import re
+
+    return re.sub(r"\{[^}/]+\}|\*\w+$", "x", path)
+
+
+def every_route_through_the_job(url: str, engine: str, key: str) -> dict:
+    """{(method, path): (status without a key, status with the job's key)} over the engine's whole
+    route table (the pinned version's, tests/engine_routes.yaml)."""
+    from standin import routes
+
+    out = {}
+    for route in routes.table(engine):
+        method = "POST" if route.method == "ANY" else route.method
+        path = sample_path(route.path)
+        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+        statuses = []
+        for k in (None, key):
+            req = urllib.request.Request(url + path, method=method, data=body, headers={"Content-Type": "application/json"})
+            if k:
+                req.add_header("Authorization", f"Bearer {k}")
+            try:
+                with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+                    statuses.append(resp.status)
+            except urllib.error.HTTPError as e:
+                statuses.append(e.code)
+        out[(method, path)] = tuple(statuses)
+    return out
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+def test_every_route_of_the_pinned_engine_but_health_needs_the_key(serve_env, tgi_job, engine):
+    """Through the real job on Slurm: without the key, every route of the engine's real route
+    table is refused (401) except GET /health; with it, none is."""
+    if engine == "tgi":
+        job, name = tgi_job, "tgi-one"
+    else:
+        record = submit(serve_env, "--engine", "vllm", "--name", "vllm-routes")
+        r = run(serve_env, "wait", "vllm-routes", "--timeout", "120")
+        assert r.code == 0, r.err
+        job, name = dict(record, url=r.out.strip()), "vllm-routes"
+    try:
+        statuses = every_route_through_the_job(job["url"], engine, key_of(serve_env, name))
+    finally:
+        if engine == "vllm":
+            run(serve_env, "stop", "vllm-routes")
+    assert statuses.pop(("GET", "/health")) == (200, 200)
+    assert len(statuses) > 10
+    refused = {route: s for route, s in statuses.items() if s[0] != 401}
+    assert refused == {}, refused
+    let_through = {route: s for route, s in statuses.items() if s[1] == 401}
+    assert let_through == {}, let_through
