@@ -396,3 +396,39 @@ def test_the_finetune_image_needs_a_source_checkout(images_env):
         (repo / name).symlink_to(ROOT / name)
     r = kit_images(images_env, "build", "finetune")
     assert r.code == 0, r.err
+
+
+# --- facts: what the pinned images really are ----------------------------------------------------
+
+def test_the_vllm_image_runs_every_quantization_kit_plans_for_it():
+    """kit plans `--quantization bitsandbytes` for vLLM; the image must have a bitsandbytes vLLM accepts."""
+    from kit.engines import engine
+
+    assert "bitsandbytes" in engine("vllm")["quantize"].values()
+    test_section = "\n".join(parse_def(ROOT / "containers" / "vllm.def").sections["%test"])
+    assert "import bitsandbytes" in test_section
+    assert 'Version("0.48.1")' in test_section  # vLLM 0.19.1's _check_bitsandbytes_version minimum
+
+
+def test_tgi_runs_cuda_12_8_the_build_of_its_torch():
+    assert PACKAGED.entry("tgi")["cuda"] == "12.8"
+    assert check_agreement(PACKAGED, "tgi").labels["org.kit.cuda"] == "12.8"
+
+
+def test_weaviate_is_unverified_until_lock_resolves_it(images_env):
+    rows = {r["image"]: r for r in kit_images(images_env, "list", "--json").json()}
+    assert "v1.39.0" in rows["weaviate"]["unverified"] and rows["tgi"]["unverified"] is None
+    human = kit_images(images_env, "list")
+    assert "unverified: weaviate 1.40.3" in " ".join(human.out.split())
+    assert "UNVERIFIED" in (ROOT / "containers" / "weaviate.def").read_text()
+    # A resolved digest proves the tag exists: the lock cannot keep calling it unverified.
+    data = yaml.safe_load(images_env["lock"].read_text())
+    data["images"]["weaviate"]["digest"] = "sha256:" + "cd" * 32
+    images_env["lock"].write_text(yaml.safe_dump(data))
+    r = kit_images(images_env, "list")
+    assert r.code != 0 and "images.weaviate.unverified: the digest is resolved" in r.error_line
+    shutil.copy(ROOT / "containers" / "images.lock", images_env["lock"])
+    with FakeRegistry(upstream_tags(images_env["lock"])) as registry:
+        assert kit_images(images_env, "lock", "weaviate", KIT_REGISTRY_MIRRORS=mirrors(registry)).code == 0
+    assert "unverified" not in lock_entry(images_env, "weaviate")
+    assert {r["image"]: r for r in kit_images(images_env, "list", "--json").json()}["weaviate"]["unverified"] is None

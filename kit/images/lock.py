@@ -18,6 +18,7 @@ from kit.resources import bundled_dir
 
 LOCK_KEYS = ("def", "version", "upstream", "digest", "cuda", "sif", "sif_sha256", "sif_size", "runtime_version", "built",
              "pushed")
+OPTIONAL_KEYS = ("unverified",)  # why the upstream tag is not confirmed to exist; removed once its digest resolves
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -80,9 +81,13 @@ def load_lock(path: Path | None = None) -> Lock:
         missing = [k for k in LOCK_KEYS if k not in entry]
         if missing:
             raise KitError(f"{path}: images.{name}.{missing[0]}: required key is missing")
-        unknown = [k for k in entry if k not in LOCK_KEYS]
+        unknown = [k for k in entry if k not in LOCK_KEYS + OPTIONAL_KEYS]
         if unknown:
-            raise KitError(f"{path}: images.{name}.{unknown[0]}: unknown key (allowed: {', '.join(LOCK_KEYS)})")
+            raise KitError(f"{path}: images.{name}.{unknown[0]}: unknown key "
+                           f"(allowed: {', '.join(LOCK_KEYS + OPTIONAL_KEYS)})")
+        if entry.get("unverified") is not None and entry["digest"] != "unresolved":
+            raise KitError(f"{path}: images.{name}.unverified: the digest is resolved, so the tag exists: remove "
+                           f"unverified (`kit images lock {name}` does)")
         if entry["digest"] != "unresolved" and not DIGEST.match(str(entry["digest"])):
             raise KitError(f"{path}: images.{name}.digest: {entry['digest']!r} is neither 'unresolved' nor sha256:<64 hex>")
         if entry["sif_sha256"] is not None and not re.match(r"^[0-9a-f]{64}$", str(entry["sif_sha256"])):
@@ -133,6 +138,7 @@ def lock_digests(names: list[str]) -> list[tuple[str, str, str]]:
         text = re.sub(r"(?m)^(\s*org\.kit\.upstream\.digest)\s+\S+\s*$", rf"\g<1> {digest}", text, count=1)
         files.append((path, text))
         entry["digest"] = digest
+        entry.pop("unverified", None)  # the registry has the tag: it is verified now
     files.append((lock.path, lock.render()))
     replace_together(files)
     return resolved
