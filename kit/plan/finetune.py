@@ -30,7 +30,7 @@ def parse_targets(layout: Layout, targets: str) -> list[str] | None:
 def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len: int | None = None,
                   batch_size: int | None = None, grad_ckpt: bool | None = None, lora_r: int | None = None,
                   lora_targets: str | None = None, optimizer: str | None = None, partition: str | None = None,
-                  gpu: str | None = None, gpus: int | None = None) -> dict:
+                  gpu: str | None = None, gpus: int | None = None, trainer: dict | None = None) -> dict:
     d = constants()["finetune"]["defaults"]
 
     def default(value, key):
@@ -58,7 +58,8 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
     def evaluate(option: Option) -> tuple[Breakdown, str | None]:
         b = finetune_breakdown(layout, n=option.gpus, method=method, seq_len=seq_len, batch_size=batch_size,
                                grad_ckpt=grad_ckpt, trainable=trainable, optimizer=optimizer,
-                               gpu_gib=option.tier.usable_gib)
+                               gpu_gib=option.tier.usable_gib, lora_r=lora_r if adapters else 0,
+                               lora_targets=targets, trainer=trainer)
         if b.total > b.usable:
             top = max(b.terms, key=b.terms.get)
             return b, f"needs {gib(b.total)} per GPU, usable {gib(b.usable)}; largest term: {top} {gib(b.terms[top])}"
