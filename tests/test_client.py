@@ -12,7 +12,9 @@ from httpstub import LocalHTTPStub
 
 
 class RecordingChat(LocalHTTPStub):
-    """Answers every chat turn with "answer N" (streamed or not) and keeps each request body."""
+    """Answers every chat turn with "answer N" (streamed or not) and keeps each request body.
+
+    Subclasses choose the answer (`reply`) or fail a request with an HTTP error (`failure`)."""
 
     def __init__(self):
         super().__init__()
@@ -24,7 +26,12 @@ class RecordingChat(LocalHTTPStub):
             return
         body = json.loads(req.rfile.read(int(req.headers["Content-Length"])))
         self.requests.append({"auth": req.headers.get("Authorization"), **body})
-        text = f"answer {len(self.requests)}"
+        failure = self.failure(body)
+        if failure:
+            status, headers, payload = failure
+            self.send(req, status, {"Content-Type": "application/json", **headers}, json.dumps(payload).encode())
+            return
+        text = self.reply(body)
         if body.get("stream"):
             chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]}
@@ -35,6 +42,13 @@ class RecordingChat(LocalHTTPStub):
                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
         self.send(req, 200, {"Content-Type": "application/json"}, json.dumps(out).encode())
+
+    def reply(self, body: dict) -> str:
+        return f"answer {len(self.requests)}"
+
+    def failure(self, body: dict) -> tuple[int, dict, dict] | None:
+        """(status, headers, JSON body) to answer this request with instead, or None."""
+        return None
 
 
 def test_an_interactive_chat_resends_the_whole_conversation(tmp_path):

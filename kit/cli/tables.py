@@ -207,3 +207,89 @@ def images_table(rows: list[dict], site: str | None) -> None:
     for r in rows:
         if r.get("unverified"):
             console.print(f"[yellow]unverified:[/yellow] {r['image']} {r['version']}: {r['unverified']}")
+
+
+def score(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.3f}" if round(x, 3) else " 0.000"
+
+
+def some_ids(ids: list, limit: int = 10) -> str:
+    import json
+
+    shown = ", ".join(json.dumps(i, ensure_ascii=False) for i in ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def record_notes(records: dict, label: str = "") -> None:
+    prefix = f"{label}: " if label else ""
+    if records["only_gold"]:
+        console.print(f"[yellow]{prefix}{len(records['only_gold'])} gold id(s) without a prediction (scored as false "
+                      f"negatives):[/yellow] {some_ids(records['only_gold'])}")
+    if records["only_pred"]:
+        console.print(f"[yellow]{prefix}{len(records['only_pred'])} predicted id(s) not in the gold file (scored as "
+                      f"false positives):[/yellow] {some_ids(records['only_pred'])}")
+
+
+def extract_report(r: dict) -> None:
+    """`kit eval extract`: per-field precision, recall, F1, support and counts; micro and macro."""
+    table = Table(title=f"Extraction: {r['records']['pred']} predicted vs {r['records']['gold']} gold records")
+    for col in ("field", "support", "precision", "recall", "F1", "TP", "FP", "FN"):
+        table.add_column(col, justify="left" if col == "field" else "right")
+    for name, c in r["fields"].items():
+        table.add_row(name, str(c["support"]), score(c["precision"]), score(c["recall"]), score(c["f1"]),
+                      str(c["tp"]), str(c["fp"]), str(c["fn"]))
+    table.add_section()
+    m = r["micro"]
+    table.add_row("[bold]micro[/bold]", str(m["support"]), score(m["precision"]), score(m["recall"]),
+                  score(m["f1"]), str(m["tp"]), str(m["fp"]), str(m["fn"]))
+    a = r["macro"]
+    table.add_row("[bold]macro[/bold]", f"{a['fields']} fields", score(a["precision"]), score(a["recall"]),
+                  score(a["f1"]), "", "", "")
+    console.print(table)
+    record_notes(r["records"])
+
+
+def compare_report(d: dict) -> None:
+    """`kit eval compare`: each run's P/R/F1 per field, and its difference from the baseline."""
+    labels, base = d["labels"], d["baseline"]
+    others = labels[1:]
+    table = Table(title=f"Extraction: {' vs '.join(labels)} (differences against {base})")
+    table.add_column("field")
+    table.add_column("support", justify="right")
+    for label in labels:
+        for metric in ("P", "R", "F1"):
+            table.add_column(f"{label}\n{metric}", justify="right")
+    for label in others:
+        for metric in ("P", "R", "F1"):
+            table.add_column(f"Δ {label}\n{metric}", justify="right")
+
+    def cells(row: dict) -> list[str]:
+        out = [score(row[label][m]) for label in labels for m in ("precision", "recall", "f1")]
+        return out + [signed(row["delta"][label][m]) for label in others for m in ("precision", "recall", "f1")]
+
+    for name, row in d["fields"].items():
+        table.add_row(name, str(row["support"]), *cells(row))
+    table.add_section()
+    table.add_row("[bold]micro[/bold]", "", *cells(d["micro"]))
+    table.add_row("[bold]macro[/bold]", "", *cells(d["macro"]))
+    console.print(table)
+    for label in labels:
+        record_notes(d["records"][label], label)
+
+
+def generate_summary(s: dict) -> None:
+    """`kit eval generate`: what was answered, skipped, unparsable and failed."""
+    if s["partial_line_removed"]:
+        console.print(f"[yellow]removed a partial last line an interrupted run left in {s['out']}[/yellow]")
+    console.print(f"{s['out']}: {s['answered']} answered now, {s['skipped']} already there, of {s['prompts']} prompts")
+    if s["unparsable"]:
+        console.print(f"[yellow]{s['unparsable']} answer(s) held no JSON object (written as empty predictions):"
+                      f"[/yellow] {some_ids(s['unparsable_ids'])}")
+    if s["failed"]:
+        first = next(iter(s["errors"].values()))
+        console.print(f"[red]{s['failed']} prompt(s) got no answer (not written; rerun to retry them):[/red] "
+                      f"{some_ids(s['failed_ids'])}; first error: {first}")
