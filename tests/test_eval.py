@@ -12,9 +12,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
-
 from kitrun import kit
 from test_client import RecordingChat
 
@@ -102,6 +102,13 @@ def test_extract_scores_a_hand_computed_case(tmp_path):
     assert 'not in the gold file (scored as false positives): "7"' in human.out
 
 
+def test_repeated_values_count_as_often_as_they_appear(tmp_path):
+    gold = read_fields(jsonl(tmp_path / "g.jsonl", [{"id": 1, "fields": {"tags": ["x", "x", "y"]}}]), "--gold")
+    pred = read_fields(jsonl(tmp_path / "p.jsonl", [{"id": 1, "fields": {"tags": ["X", "x.", "x"]}}]), "--pred")
+    tags = score(gold, pred).fields["tags"]
+    assert (tags.tp, tags.fp, tags.fn) == (2, 1, 1)  # two of the three x match the two gold x
+
+
 def test_zero_over_zero_is_zero_and_nothing_predicted_is_all_false_negatives(tmp_path):
     gold = read_fields(jsonl(tmp_path / "g.jsonl", [{"id": 1, "fields": {"a": "x", "b": ["y", "z"]}}]), "--gold")
     empty = score(gold, read_fields(jsonl(tmp_path / "p.jsonl", [{"id": 1, "fields": {}}]), "--pred"))
@@ -143,6 +150,8 @@ def test_answers_are_parsed_as_the_first_json_object():
     assert parse_answer('{"name": "Ana"}').fields == {"name": "Ana"}
     fenced = 'Sure! Here it is:\n```json\n{"name": "Ana", "city": ["A", "B"]}\n```\nAnything else?'
     assert parse_answer(fenced).fields == {"name": "Ana", "city": ["A", "B"]}
+    echoed = 'You asked for {"name": null}. Here:\n```\n{"name": "Ana"}\n```'
+    assert parse_answer(echoed).fields == {"name": "Ana"}  # a fenced block comes first
     assert parse_answer('The answer is {"name": "{Ana}"} and {"name": "no"}').fields == {"name": "{Ana}"}
     assert parse_answer('{broken {"a": {"b": 1}, "c": [[1]]}', ["a", "c"]).fields == {"a": '{"b": 1}', "c": ["[1]"]}
     assert parse_answer('{"a": 1, "other": 2}', ["a"]).fields == {"a": 1}  # keys not asked for are dropped
@@ -155,7 +164,7 @@ def test_answers_are_parsed_as_the_first_json_object():
 class ScriptedExtractor(RecordingChat):
     """Answers each prompt by the record text it carries; some texts first fail with an HTTP error."""
 
-    ANSWERS = {
+    ANSWERS: ClassVar[dict[str, str]] = {
         "plain": '{"name": "Ana Lee", "city": "Chicago"}',
         "fenced": 'Here you go:\n```json\n{"name": "Bo", "city": ["Paris", "Lyon"], "note": "dropped"}\n```',
         "junk": "I am not sure what you mean.",
@@ -194,11 +203,11 @@ def prompts_file(tmp_path: Path, texts: list[str]) -> Path:
     return jsonl(tmp_path / "prompts.jsonl", [{"id": t, "text": t} for t in texts])
 
 
-def run_generate(url, prompts, out, *extra, key=None):
-    key = key or prompts.parent / "key"
+def run_generate(url, prompts, out, *extra, as_json=True):
+    key = prompts.parent / "key"
     key.write_text("eval-key\n")
     return kit("eval", "generate", "--endpoint", url, "--api-key-file", str(key), "--prompts", str(prompts),
-               "--out", str(out), "--fields", "name,city", "--backoff", "0.01", "--json", *extra)
+               "--out", str(out), "--fields", "name,city", "--backoff", "0.01", *(["--json"] if as_json else []), *extra)
 
 
 def test_generate_retries_parses_reports_and_resumes(tmp_path):
@@ -240,12 +249,15 @@ def test_generate_resumes_after_a_partial_last_line(tmp_path):
     done = json.dumps({"id": "plain", "fields": {"name": "Ana Lee"}, "raw": "..."})
     out.write_text(done + "\n" + '{"id": "fenced", "fields": {"na')  # a run killed mid-line
     with ScriptedExtractor() as server:
-        r = run_generate(server.url, prompts, out)
+        r = run_generate(server.url, prompts, out, as_json=False)
         assert r.code == 0, r.err
-        assert r.json()["partial_line_removed"] is True and r.json()["skipped"] == 1
+        assert f"removed a partial last line an interrupted run left in {out}" in r.out
+        assert f"{out}: 2 answered now, 1 already there, of 3 prompts" in r.out
+        assert '1 answer(s) held no JSON object (written as empty predictions): "junk"' in r.out
         assert sorted(server.text(b) for b in server.requests) == ["fenced", "junk"]
-        human = run_generate(server.url, prompts, out, "--concurrency", "1")
-    assert human.code == 0 and human.json()["answered"] == 0 and human.json()["skipped"] == 3
+        again = run_generate(server.url, prompts, out, "--concurrency", "1")
+    assert again.code == 0 and again.json()["answered"] == 0 and again.json()["skipped"] == 3
+    assert again.json()["partial_line_removed"] is False
     text = out.read_text()
     assert text.startswith(done + "\n") and text.endswith("\n")
     assert sorted(rec["id"] for rec in lines(out)) == ["fenced", "junk", "plain"]
@@ -329,7 +341,7 @@ def tiny_model(tmp_path_factory):
 def test_generate_with_a_local_model_and_adapter(tmp_path, tiny_model):
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
@@ -354,6 +366,13 @@ def test_generate_with_a_local_model_and_adapter(tmp_path, tiny_model):
     r = kit("eval", "generate", "--model", str(tiny_model), "--adapter", str(tmp_path), "--prompts", str(prompts),
             "--out", str(tmp_path / "x.jsonl"), "--fields", "name")
     assert r.code == 2 and f"--adapter {tmp_path}: no adapter_config.json in it" in r.error_line
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    get_peft_model(other, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "other")
+    r = kit("eval", "generate", "--model", str(tiny_model), "--adapter", str(tmp_path / "other"), "--prompts",
+            str(prompts), "--out", str(tmp_path / "x.jsonl"), "--fields", "name", timeout=300)
+    assert r.code == 2 and f"--adapter {tmp_path}/other: cannot load it onto {tiny_model}: size mismatch" in r.error_line
+    assert not (tmp_path / "x.jsonl").exists()
 
 
 # --- compare ---------------------------------------------------------------------------------

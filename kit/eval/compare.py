@@ -45,7 +45,7 @@ def comparison(reports: dict[str, Report]) -> dict:
     fields = {}
     for name in names:
         support = max(d["fields"].get(name, {}).get("support", 0) for d in as_dicts.values())
-        fields[name] = {"support": support, **row(lambda d: d["fields"].get(name, zero))}
+        fields[name] = {"support": support, **row(lambda d, name=name: d["fields"].get(name, zero))}
     return {
         "labels": labels,
         "baseline": base,

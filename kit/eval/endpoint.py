@@ -72,6 +72,8 @@ class Endpoint:
             try:
                 out = self.client.chat_completion(messages=messages, model=self.model, max_tokens=self.max_tokens,
                                                   temperature=self.temperature)
+                if not out.choices:
+                    raise PromptFailed("the server answered without a choice")
                 return out.choices[0].message.content or ""
             except HfHubHTTPError as e:
                 status = getattr(e.response, "status_code", None)

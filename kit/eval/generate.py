@@ -12,10 +12,11 @@ is not JSON is written as an empty prediction with its raw text and reported.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from kit.eval.answer import parse_answer
 from kit.eval.endpoint import PromptFailed

@@ -9,6 +9,8 @@ samples otherwise. Imports torch, transformers and peft only when constructed.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 from kit.errors import KitError
@@ -23,14 +25,30 @@ def model_dir(path: Path, option: str, marker: str) -> Path:
     return path
 
 
+def reason(e: Exception) -> str:
+    """The telling line of a loading error (torch puts "size mismatch for ..." below a header)."""
+    text = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    return next((line for line in text if "size mismatch" in line), text[0])
+
+
 class LocalModel:
     workers = 1  # one generate() at a time: the model uses every core (or the GPU) already
 
     def __init__(self, model: Path, adapter: Path | None = None, *, max_tokens: int, temperature: float | None):
         model = model_dir(model, "--model", "config.json")
         adapter = model_dir(adapter, "--adapter", "adapter_config.json") if adapter else None
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        # Library chatter is not kit's output: peft imports bitsandbytes, which logs a warning on
+        # CPUs without its optional kernels; transformers warns about its own deprecations.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            if adapter:
+                from peft import PeftModel
+        except ImportError as e:
+            raise KitError(f"--model needs torch, transformers and, for --adapter, peft ({e.name} is missing): "
+                           "pip install 'kit-llm[finetune]'") from None
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -45,12 +63,10 @@ class LocalModel:
         except (OSError, ValueError) as e:
             raise KitError(f"--model {model}: cannot load it with transformers: {str(e).splitlines()[0]}") from None
         if adapter:
-            from peft import PeftModel
-
             try:
                 self.model = PeftModel.from_pretrained(self.model, adapter)
             except (OSError, ValueError, RuntimeError, KeyError) as e:
-                raise KitError(f"--adapter {adapter}: cannot load it onto {model}: {str(e).splitlines()[0]}") from None
+                raise KitError(f"--adapter {adapter}: cannot load it onto {model}: {reason(e)}") from None
         self.model.to(self.device).eval()
 
     def inputs(self, messages: list[dict]):
