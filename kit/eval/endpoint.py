@@ -6,6 +6,9 @@ Retried: 408, 425, 429 and 5xx answers, timeouts and connection errors, ``retrie
 server's ``Retry-After``). Fatal for the whole run: 401/403 (the key) and 404 (no such model or
 adapter name), since every other prompt would fail the same way. Any other 4xx fails that prompt
 only (say, a prompt longer than the server allows).
+
+The temperature is always sent: 0 is greedy on both engines, while TGI's chat route samples
+when a request leaves it out.
 """
 
 from __future__ import annotations
