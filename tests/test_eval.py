@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+from httpstub import NetworkFault
 from kitrun import kit
 from test_client import RecordingChat
 
@@ -288,7 +289,7 @@ def test_generate_resumes_after_being_killed(tmp_path):
     assert sorted(rec["id"] for rec in lines(out)) == sorted(texts)
 
 
-def test_generate_stops_at_a_refused_key_and_fails_prompts_it_cannot_reach(tmp_path):
+def test_generate_stops_at_a_refused_key_and_fails_prompts_it_cannot_reach_or_that_hang_up(tmp_path):
     prompts = prompts_file(tmp_path, ["plain", "fenced"])
     with ScriptedExtractor({"plain": [401] * 9, "fenced": [401] * 9}) as server:
         r = run_generate(server.url, prompts, tmp_path / "p.jsonl")
@@ -301,6 +302,9 @@ def test_generate_stops_at_a_refused_key_and_fails_prompts_it_cannot_reach(tmp_p
     s = r.json()
     assert s["failed"] == 2 and "after 2 tries" in s["errors"]['"plain"']
     assert (tmp_path / "q.jsonl").read_text() == ""
+    with NetworkFault("drop") as dropping:  # accepts, reads, hangs up: retried like a refused connection
+        r = run_generate(dropping.url, prompts, tmp_path / "d.jsonl", "--retries", "2")
+    assert r.code == 1 and r.json()["failed"] == 2 and "after 3 tries" in r.json()["errors"]['"fenced"']
 
 
 def test_generate_bad_input_is_one_clear_line(tmp_path):
