@@ -135,8 +135,14 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         "tunnel": site.network.tunnel,
         "accounting": site.accounting,
     }
-    guard = (Path(__file__).resolve().parents[1] / "guard" / "proxy.py").read_text()
-    return JobSpec(name, job_dir, script, plan, request, record, site, account, warnings, {"guard.py": guard})
+    return JobSpec(name, job_dir, script, plan, request, record, site, account, warnings, guard_files())
+
+
+def guard_files() -> dict[str, str]:
+    """kit's guard as the job runs it: the proxy as guard.py, with its key and usage modules beside it."""
+    guard = Path(__file__).resolve().parents[1] / "guard"
+    return {"guard.py": (guard / "proxy.py").read_text(), "keys.py": (guard / "keys.py").read_text(),
+            "usage.py": (guard / "usage.py").read_text()}
 
 
 def serve_job(model: str, *, site: str | None, account: str | None, time: str | None = None,
