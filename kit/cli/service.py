@@ -135,52 +135,37 @@ def url_cmd(name, site, account):
     click.echo(url)
 
 
-@service.group("keys")
-def keys():
-    """Per-lab keys: add, revoke, list (the running service picks changes up within a request)."""
-
-
-@keys.command("add")
+@service.command("keys")
 @click.argument("name")
-@click.argument("lab")
-@click.option("--group", help="Unix group that may read the key file (default: LAB)")
-@service_site
-def keys_add_cmd(name, lab, group, site, account):
-    """Make a key for LAB, readable only by its group."""
-    from kit.service.keys import add
-
-    path = add(_lookup(name, site, account), lab, group)
-    click.echo(f"lab {lab}: key in {path} (group {group or lab}, mode 0640); "
-               f"its members use it with `kit chat {name}`")
-
-
-@keys.command("revoke")
-@click.argument("name")
-@click.argument("lab")
-@service_site
-def keys_revoke_cmd(name, lab, site, account):
-    """Revoke LAB's key: the running service refuses it from its next request."""
-    from kit.service.keys import revoke
-
-    revoke(_lookup(name, site, account), lab)
-    click.echo(f"lab {lab}: key revoked")
-
-
-@keys.command("list")
-@click.argument("name")
+@click.argument("action", type=click.Choice(["add", "revoke", "list"]))
+@click.argument("lab", required=False)
+@click.option("--group", help="add: the Unix group that may read the key file (default: LAB)")
 @service_site
 @json_option()
-def keys_list_cmd(name, site, account, as_json):
-    """Labs with keys, when each was made and last used."""
-    from kit.service.keys import listing
+def keys_cmd(name, action, lab, group, site, account, as_json):
+    """Per-lab keys: `add LAB` (a key only LAB's group can read), `revoke LAB` (refused from the
+    next request on, no restart), `list` (labs, creation dates, last use)."""
+    from kit.errors import KitError
+    from kit.service import keys
 
-    data = listing(_lookup(name, site, account))
-    if as_json:
-        emit_json(data)
-        return
-    for row in data:
-        click.echo(f"{row['lab']:<20} group {row['group']:<16} created {row['created']}  "
-                   f"last used {row['last_used'] or 'never'}")
+    service_obj = _lookup(name, site, account)
+    if action != "list" and not lab:
+        raise KitError(f"kit service keys {name} {action}: which lab? (kit service keys NAME {action} LAB)")
+    if action == "add":
+        path = keys.add(service_obj, lab, group)
+        click.echo(f"lab {lab}: key in {path} (group {group or lab}, mode 0640); its members use it with "
+                   f"`kit chat {name}`")
+    elif action == "revoke":
+        keys.revoke(service_obj, lab)
+        click.echo(f"lab {lab}: key revoked")
+    else:
+        data = keys.listing(service_obj)
+        if as_json:
+            emit_json(data)
+            return
+        for row in data:
+            click.echo(f"{row['lab']:<20} group {row['group']:<16} created {row['created']}  "
+                       f"last used {row['last_used'] or 'never'}")
 
 
 @service.command("usage")
