@@ -149,7 +149,7 @@ def services(staff):
     """All three deployed at once (2-minute walltimes)."""
     q = up(staff, "q", "--gpu", "a100-80", "--time", "2", "--renew", "queue", "--renew-before", "60s")
     o = up(staff, "o", "--gpu", "a100-80", "--time", "2", "--renew", "overlap", "--renew-before", "80s")
-    r = up(staff, "r", "--gpu", "h100", "--time", "2", "--renew", "off", "--max-restarts", "2")
+    r = up(staff, "r", "--gpu", "h100", "--time", "10", "--renew", "off", "--max-restarts", "2")
     for name in ("q", "o", "r"):
         wait_for(lambda: service_json(staff, name)["state"] == "ready", 90, f"service {name} ready")
     return {"q": q, "o": o, "r": r, "started": time.monotonic()}
@@ -251,9 +251,10 @@ def test_an_engine_that_dies_is_restarted_then_the_job_requeues(staff, services)
         if restart <= 2:
             wait_for(lambda: service_json(staff, "r")["restarts"] == restart
                      and service_json(staff, "r")["state"] == "ready", 60, f"restart {restart}")
-    st = wait_for(lambda: _status(staff, "r") if _status(staff, "r")["state"] in ("requeued", "starting", "ready")
-                  and _status(staff, "r")["generation"] >= 2 else None, 120, "the requeued run")
-    assert st["job_id"] == job  # the same job, queued again by Slurm
+    # Slurm queues the same job again (it starts it after its requeue delay, BeginTime ~2 min).
+    st = wait_for(lambda: (lambda s: s if s["state"] == "requeued" and s["slurm"] == "PENDING" else None)(
+        _status(staff, "r")), 60, "the requeued job")
+    assert st["job_id"] == job and st["restarts"] == 2 and "killed by signal 9" in st["last_restart"]
     log = (staff["services"] / "r" / "job" / f"slurm-{job}.out").read_text()
     assert log.count("restarting TGI") == 2 and "killed by signal 9" in log
     assert "restart limit (2) reached" in log and "requeueing job" in log
