@@ -303,3 +303,20 @@ def test_down_leaves_nothing_running_pending_or_reserved(staff, services):
     assert reserved == []
     r = kit_as(STAFF, staff["env"], "service", "url", "q")
     assert r.returncode != 0 and "not answering" in r.stderr
+
+
+@pytest.mark.parametrize("site,account", [("quest", "p12345"), ("klc", "kellogg")])
+@pytest.mark.parametrize("renew", ["queue", "overlap"])
+def test_dry_run_prints_a_script_sbatch_accepts(slurm_cluster, tmp_path, site, account, renew):
+    from kitrun import kit
+
+    r = kit("service", "up", "shared-8b", "meta-llama/Llama-3.1-8B-Instruct", "--site", site, "--account", account,
+            "--renew", renew, "--dry-run")
+    assert r.code == 0, r.err
+    assert "#SBATCH --requeue" in r.out and "#SBATCH --open-mode=append" in r.out
+    assert "--key-hashes" in r.out and "--usage-file" in r.out
+    script = tmp_path / "service.sbatch"
+    script.write_text(r.out)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    proc = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
