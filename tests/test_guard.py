@@ -3,6 +3,7 @@ that records what reaches it: the attacker's view of every route and method."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -39,6 +40,32 @@ class Upstream(BaseHTTPRequestHandler):
             body = self.rfile.read(length) if length else b""
         Upstream.seen.append({"method": self.command, "path": self.path, "auth": self.headers.get("Authorization"),
                               "body": body.decode()})
+        if self.path == "/v1/usage":  # a non-streamed answer with OpenAI's usage
+            out = json.dumps({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
+        if self.path == "/v1/usage-stream":  # chunked events, usage in a last chunk split mid-line
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            events = (b'data: {"choices": [{"delta": {"content": "hi"}}], "usage": null}\n\n'
+                      b'data: {"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 5}}\n\ndata: [DONE]\n\n')
+            for part in (events[:30], events[30:90], events[90:]):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if self.path == "/slow":
+            time.sleep(2)
+        if self.path == "/missing":
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path == "/stream":
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -64,8 +91,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def guard(tmp_path):
+def start_guard(tmp_path, *extra: str):
     server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Upstream.seen = []
@@ -76,12 +102,42 @@ def guard(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(PROXY), "--listen", f"127.0.0.1:{port}",
                              "--upstream", f"127.0.0.1:{server.server_address[1]}", "--key-file", str(keys),
-                             "--upstream-key-file", str(inner)], stderr=subprocess.PIPE, text=True)
+                             "--upstream-key-file", str(inner), *extra], stderr=subprocess.PIPE, text=True)
     assert "listening" in proc.stderr.readline()
-    yield {"port": port, "keys": keys}
-    proc.terminate()
-    proc.wait(10)
-    server.shutdown()
+    return {"port": port, "keys": keys, "proc": proc, "server": server}
+
+
+def stop_guard(g):
+    g["proc"].terminate()
+    g["proc"].wait(10)
+    g["server"].shutdown()
+
+
+@pytest.fixture
+def guard(tmp_path):
+    g = start_guard(tmp_path)
+    yield g
+    stop_guard(g)
+
+
+LAB_A, LAB_B = "lab-a-secret-key", "lab-b-secret-key"
+
+
+def hash_line(lab: str, key: str) -> str:
+    return f"{lab} {hashlib.sha256(key.encode()).hexdigest()}\n"
+
+
+@pytest.fixture
+def lab_guard(tmp_path):
+    hashes = tmp_path / "key_hashes"
+    hashes.write_text(hash_line("lab-a", LAB_A) + hash_line("lab-b", LAB_B))
+    usage = tmp_path / "usage.jsonl"
+    g = start_guard(tmp_path, "--key-hashes", str(hashes), "--usage-file", str(usage), "--drain", "10")
+    yield dict(g, hashes=hashes, usage=usage)
+    if g["proc"].poll() is None:
+        stop_guard(g)
+    else:
+        g["server"].shutdown()
 
 
 def raw(port: int, data: bytes) -> bytes:
@@ -179,3 +235,52 @@ def test_an_engine_that_is_down_is_a_502(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def usage_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_lab_keys_are_checked_by_their_hashes_and_revoked_live(lab_guard):
+    port = lab_guard["port"]
+    assert request(port, "GET", "/info", LAB_A)[0] == 200
+    assert request(port, "GET", "/info", LAB_B)[0] == 200
+    assert request(port, "GET", "/info", KEY)[0] == 200  # the owner's key file still counts
+    digest = hashlib.sha256(LAB_A.encode()).hexdigest()
+    assert request(port, "GET", "/info", digest)[0] == 401  # the hash itself is no key
+    assert request(port, "GET", "/info", LAB_A.upper())[0] == 401
+    tmp = lab_guard["hashes"].with_name(".key_hashes.tmp")  # revoked the way kit writes it: a rename
+    tmp.write_text(hash_line("lab-b", LAB_B) + "garbage line\nlab-c " + "0" * 63 + "\n")
+    tmp.replace(lab_guard["hashes"])
+    assert request(port, "GET", "/info", LAB_A)[0] == 401  # the very next request
+    assert request(port, "GET", "/info", LAB_B)[0] == 200
+    assert [line["lab"] for line in usage_lines(lab_guard["usage"])] == ["lab-a", "lab-b", "owner", "lab-b"]
+
+
+def test_usage_counts_requests_tokens_and_errors_per_key(lab_guard):
+    port = lab_guard["port"]
+    for _ in range(2):
+        assert request(port, "POST", "/v1/usage", LAB_A, b"{}")[0] == 200
+    out = raw(port, b"POST /v1/usage-stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + LAB_B.encode()
+              + b"\r\nContent-Length: 0\r\n\r\n")
+    assert b"[DONE]" in out
+    assert request(port, "GET", "/missing", LAB_B)[0] == 404
+    assert request(port, "POST", "/v1/usage", "wrong", b"{}")[0] == 401  # no key: not counted
+    assert request(port, "GET", "/health")[0] == 200  # open: not counted
+    lines = usage_lines(lab_guard["usage"])
+    summary = [(x["lab"], x["path"], x["status"], x["prompt"], x["completion"], x["error"]) for x in lines]
+    assert summary == [("lab-a", "/v1/usage", 200, 7, 3, False), ("lab-a", "/v1/usage", 200, 7, 3, False),
+                       ("lab-b", "/v1/usage-stream", 200, 11, 5, False), ("lab-b", "/missing", 404, None, None, True)]
+
+
+def test_a_stopping_guard_finishes_requests_in_flight(lab_guard):
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=request(lab_guard["port"], "GET", "/slow", LAB_A)))
+    t.start()
+    time.sleep(0.5)
+    lab_guard["proc"].terminate()
+    t.join(10)
+    assert result["r"][0] == 200
+    assert lab_guard["proc"].wait(10) == 0
+    with pytest.raises(OSError):
+        request(lab_guard["port"], "GET", "/health")

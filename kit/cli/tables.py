@@ -293,3 +293,22 @@ def generate_summary(s: dict) -> None:
         first = next(iter(s["errors"].values()))
         console.print(f"[red]{s['failed']} prompt(s) got no answer (not written; rerun to retry them):[/red] "
                       f"{some_ids(s['failed_ids'])}; first error: {first}")
+def services_table(rows: list[dict]) -> None:
+    table = Table(title="Services")
+    for col in ("name", "model", "state", "gen", "node", "uptime", "time left", "next renewal", "req/h"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["model"] or "-", r["state"] or "-", str(r["generation"] or "-"), r["node"] or "-",
+                      r["uptime"] or "-", r["time_left"] or "-", r["next_renewal"] or "-",
+                      "-" if r["requests_last_hour"] is None else str(r["requests_last_hour"]))
+    console.print(table)
+
+
+def usage_table(rows: list[dict]) -> None:
+    table = Table(title="Usage per lab and generation")
+    for col in ("lab", "generation", "job", "requests", "prompt tokens", "generated tokens", "errors", "no usage"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["lab"], str(r["generation"]), r["job_id"], str(r["requests"]), str(r["prompt_tokens"]),
+                      str(r["generated_tokens"]), str(r["errors"]), str(r["without_usage"]))
+    console.print(table)

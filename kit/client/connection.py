@@ -36,7 +36,9 @@ def served_model(url: str, api_key: str | None) -> str:
 
 
 def target(ref: str, site: str | None = None, api_key_file: str | None = None) -> tuple[str, str | None, str]:
-    """JOB or URL -> (url, API key, the model name that picks the base model)."""
+    """JOB, service NAME or URL -> (url, API key, the model name that picks the base model).
+    A service resolves at each call (its current generation); its key is the owner's, else the
+    lab key file this user can read, else --api-key-file."""
     if ref.startswith(("http://", "https://")):
         key = None
         if api_key_file:
@@ -49,8 +51,18 @@ def target(ref: str, site: str | None = None, api_key_file: str | None = None) -
     from kit.jobs.endpoint import endpoint_url
     from kit.jobs.record import lookup
 
-    record = lookup(ref, site)
+    record = lookup(ref, site)  # a job, or a shared service's current generation
     url = endpoint_url(record)
+    if url is None and record.data.get("service"):
+        raise KitError(f"service {ref} is not answering now (state {record.data.get('state')}); "
+                       f"`kit service status {ref}`")
     if url is None:
         raise KitError(f"job {record.job_id} has no endpoint yet: `kit wait {record.job_id}` first")
-    return url, record.api_key(), engines.chat_model(record.data["engine"], record.data["served_model_name"])
+    if api_key_file:
+        try:
+            key = Path(api_key_file).expanduser().read_text().strip()
+        except OSError as e:
+            raise KitError(f"--api-key-file {api_key_file}: {e.strerror}") from None
+    else:
+        key = record.api_key()
+    return url, key, engines.chat_model(record.data["engine"], record.data["served_model_name"])

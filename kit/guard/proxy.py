@@ -13,58 +13,34 @@ head and exactly the body it announced (Content-Length or chunked), then relays 
 (streamed, as the engine sends it) and closes. Nothing else the client sends reaches the
 engine, so a second request on the same connection is never forwarded unchecked.
 
+A shared service's guard also takes ``--key-hashes FILE`` (lab keys as ``LAB sha256hex``
+lines, reread live: keys.py) and ``--usage-file FILE`` (one JSON line per request and key:
+usage.py). On SIGTERM it stops accepting, lets requests in flight finish (up to ``--drain``
+seconds), then exits.
+
     python proxy.py --listen 0.0.0.0:PORT --upstream 127.0.0.1:PORT|unix:PATH \\
-        --key-file FILE [--upstream-key-file FILE]
+        --key-file FILE [--key-hashes FILE] [--upstream-key-file FILE] [--usage-file FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import hmac
-import os
 import signal
 import sys
+
+if __package__:
+    from kit.guard.keys import KeyFile, Keys
+    from kit.guard.usage import Meter, UsageLog
+else:  # run as a script, as in the job (guard.py beside keys.py and usage.py)
+    from keys import KeyFile, Keys
+    from usage import Meter, UsageLog
 
 MAX_HEAD = 64 * 1024
 HEAD_TIMEOUT_S = 30
 OPEN_PATHS = ("/health",)  # GET/HEAD only: what the job, `kit wait` and load balancers poll
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "te", "trailer",
               "upgrade", "expect", "authorization"}
-
-
-class Keys:
-    """The accepted keys, one per line of the key file, reread when the file changes (so a key
-    can be added or revoked while the job runs)."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.stamp = None
-        self.keys: list[bytes] = []
-
-    def current(self) -> list[bytes]:
-        try:
-            st = os.stat(self.path)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if stamp != self.stamp:
-                with open(self.path, "rb") as f:
-                    self.keys = [line.strip() for line in f if line.strip()]
-                self.stamp = stamp
-        except OSError:
-            self.keys, self.stamp = [], None  # no key file: nothing is accepted
-        return self.keys
-
-    def accepts(self, header: bytes | None) -> bool:
-        if not header:
-            return False
-        scheme, _, token = header.strip().partition(b" ")
-        if scheme.lower() != b"bearer" or not token.strip():
-            return False
-        token = token.strip()
-        ok = False
-        for key in self.current():  # every key compared, in constant time
-            ok |= hmac.compare_digest(token, key)
-        return ok
 
 
 def response(status: str, body: bytes, extra: str = "") -> bytes:
@@ -158,10 +134,14 @@ async def copy_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 
 
 class Guard:
-    def __init__(self, upstream: str, keys: Keys, upstream_keys: Keys | None):
+    def __init__(self, upstream: str, keys: Keys, upstream_key: KeyFile | None, usage: UsageLog | None = None):
         self.upstream = upstream
         self.keys = keys
-        self.upstream_keys = upstream_keys
+        self.upstream_key = upstream_key
+        self.usage = usage or UsageLog(None)
+        self.active = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     async def connect_upstream(self):
         if self.upstream.startswith("unix:"):
@@ -170,6 +150,8 @@ class Guard:
         return await asyncio.open_connection(host, int(port))
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
+        self.idle.clear()
         try:
             await self.serve_one(reader, writer)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError,
@@ -177,6 +159,9 @@ class Guard:
             pass
         finally:
             writer.close()
+            self.active -= 1
+            if not self.active:
+                self.idle.set()
 
     async def serve_one(self, reader, writer) -> None:
         try:
@@ -185,7 +170,8 @@ class Guard:
             return
         try:
             method, target, version, headers = parse_head(head[:-4])
-            authorized = is_open(method, target) or self.keys.accepts(header(headers, "authorization"))
+            who = None if is_open(method, target) else self.keys.who(header(headers, "authorization"))
+            authorized = is_open(method, target) or who is not None
             body = framing(headers)
             expect = (header(headers, "expect") or b"").lower()
         except BadRequest:
@@ -207,24 +193,35 @@ class Guard:
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             lines = [f"{method} {target} HTTP/1.1".encode()]
             lines += [name.encode() + b": " + value for name, value in headers if name not in HOP_BY_HOP]
-            if self.upstream_keys is not None and self.upstream_keys.current():
-                lines.append(b"Authorization: Bearer " + self.upstream_keys.current()[0])
+            if self.upstream_key is not None and self.upstream_key.current():
+                lines.append(b"Authorization: Bearer " + self.upstream_key.current()[0][1])
             lines.append(b"Connection: close")
             up_writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
             await copy_body(reader, up_writer, body)
             await up_writer.drain()
-            while True:  # the response, streamed as it comes (SSE included)
-                chunk = await up_reader.read(1 << 16)
-                if not chunk:
-                    break
-                writer.write(chunk)
-                await writer.drain()
+            meter = Meter() if who is not None else None
+            try:
+                while True:  # the response, streamed as it comes (SSE included)
+                    chunk = await up_reader.read(1 << 16)
+                    if not chunk:
+                        break
+                    if meter:
+                        meter.feed(chunk)
+                    writer.write(chunk)
+                    await writer.drain()
+            finally:
+                if meter:
+                    self.usage.record(who, method, target, *meter.result())
         finally:
             up_writer.close()
 
 
 async def main_async(args) -> None:
-    guard = Guard(args.upstream, Keys(args.key_file), Keys(args.upstream_key_file) if args.upstream_key_file else None)
+    files = [KeyFile(args.key_file, label=args.key_label)]
+    if args.key_hashes:
+        files.append(KeyFile(args.key_hashes, hashed=True))
+    upstream_key = KeyFile(args.upstream_key_file) if args.upstream_key_file else None
+    guard = Guard(args.upstream, Keys(files), upstream_key, UsageLog(args.usage_file))
     host, _, port = args.listen.rpartition(":")
     server = await asyncio.start_server(guard.handle, host or "0.0.0.0", int(port), limit=MAX_HEAD,
                                         reuse_address=True)
@@ -235,6 +232,11 @@ async def main_async(args) -> None:
     print(f"kit-guard: listening on {args.listen}, forwarding to {args.upstream}", file=sys.stderr, flush=True)
     async with server:
         await stop.wait()
+        server.close()  # no new connections; requests in flight finish (up to --drain s)
+        try:
+            await asyncio.wait_for(guard.idle.wait(), args.drain)
+        except asyncio.TimeoutError:
+            print(f"kit-guard: {guard.active} requests still open after {args.drain:g} s", file=sys.stderr, flush=True)
 
 
 def main(argv=None) -> None:
@@ -242,7 +244,11 @@ def main(argv=None) -> None:
     parser.add_argument("--listen", required=True, help="HOST:PORT to serve on")
     parser.add_argument("--upstream", required=True, help="the engine: HOST:PORT or unix:PATH")
     parser.add_argument("--key-file", required=True, help="accepted keys, one per line")
+    parser.add_argument("--key-label", default="owner", help="the name usage counts --key-file's keys under")
+    parser.add_argument("--key-hashes", help="more accepted keys as 'LABEL sha256hex' lines (reread when changed)")
     parser.add_argument("--upstream-key-file", help="the engine's own key, sent on every forwarded request")
+    parser.add_argument("--usage-file", help="append one JSON line per authorized request (key label, status, tokens)")
+    parser.add_argument("--drain", type=float, default=20, help="seconds requests in flight may take after SIGTERM")
     args = parser.parse_args(argv)
     try:
         asyncio.run(main_async(args))

@@ -107,7 +107,32 @@ def find(root: Path, ref: str) -> JobRecord:
 
 def lookup(ref: str, site: str | None = None) -> JobRecord:
     """JOB as the commands take it (a Slurm job id or a kit job name), in the state dir of --site
-    (or KIT_SITE), else the default state dir."""
+    (or KIT_SITE), else the default state dir; failing that, the name of a shared service in the
+    site's services directory (its current generation, resolved now)."""
     from kit.sites import load_site_if_given
 
-    return find(state_root(load_site_if_given(site)), ref)
+    site_obj = load_site_if_given(site)
+    try:
+        return find(state_root(site_obj), ref)
+    except KitError:
+        record = service_record(ref, site_obj)
+        if record is None:
+            raise
+        return record
+
+
+def service_record(name: str, site) -> JobRecord | None:
+    """The shared service NAME as a record, or None when the site has no such service."""
+    if site is None or not site.paths.services_dir:
+        return None
+    from kit.service.registry import NAME, find, services_root
+
+    if not NAME.match(name):
+        return None
+    try:
+        root = services_root(site)
+    except KitError:
+        return None
+    if not (root / name / "service.json").is_file():
+        return None
+    return find(root, name).record()

@@ -39,7 +39,12 @@ def placement(model: ModelInfo) -> dict:
 
 
 def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str | None, adapters: list[str],
-          name: str | None, ready_timeout_s: int, request: dict) -> JobSpec:
+          name: str | None, ready_timeout_s: int, request: dict, job_dir: Path | None = None,
+          template: str | None = None, context: dict | None = None, sbatch: tuple[str, ...] = (),
+          signal_lead_s: int | None = None) -> JobSpec:
+    """The serving job. A shared service (kit.service) passes its own ``job_dir``, a ``template``
+    that extends the engine's (given as ``engine_template``), more ``context``, more ``sbatch``
+    directives and an earlier ``signal_lead_s`` for short walltimes."""
     if not plan["fits"]:
         hint = f"; {plan['suggestion']['text']}" if plan.get("suggestion") else ""
         raise KitError(f"{model.name} does not fit on {site.name} with these options{hint} (see `kit plan serve`)")
@@ -55,12 +60,13 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
     adapter_list, max_rank, adapter_warnings = adapter_specs(adapters, engine, site, account, place["offline"])
     warnings += adapter_warnings
 
-    root = state_root(site)
-    ensure_writable(root)
     name = job_name(model.name, engine_name, name)
-    job_dir = root / name
-    if job_dir.exists():
-        raise KitError(f"--name {name}: a kit job of that name exists already ({job_dir})")
+    if job_dir is None:
+        root = state_root(site)
+        ensure_writable(root)
+        job_dir = root / name
+        if job_dir.exists():
+            raise KitError(f"--name {name}: a kit job of that name exists already ({job_dir})")
 
     cache = Path(expand_user_path(site.paths.scratch, account)) / ".kit" / engine_name
     writable = [str(cache)] + [str(cache / sub) for sub in engine["serve"]["writable_env"].values()]
@@ -80,9 +86,13 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         raise KitError(f"{engine['label']} {engine['version']}: {cuda_error}")
     if cuda_warning:
         warnings.append(f"{engine['label']} {engine['version']}: {cuda_warning}")
-    directives = gpu_directives(site, plan, name=name, account=account, limit=limit, job_dir=job_dir)
+    directives = gpu_directives(site, plan, name=name, account=account, limit=limit, job_dir=job_dir,
+                                signal_lead_s=signal_lead_s)
+    directives += [render.directive(*d.split("=", 1)) if "=" in d else render.directive(d) for d in sbatch]
     script = render.render(
-        engine["serve"]["template"],
+        template or engine["serve"]["template"],
+        engine_template=engine["serve"]["template"],
+        **(context or {}),
         kit_version=__version__,
         site=site,
         description=f"serve {model.name} with {engine['label']} {engine['version']} on {plan['gpus']}x {plan['gpu_type']}",
@@ -135,8 +145,14 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         "tunnel": site.network.tunnel,
         "accounting": site.accounting,
     }
-    guard = (Path(__file__).resolve().parents[1] / "guard" / "proxy.py").read_text()
-    return JobSpec(name, job_dir, script, plan, request, record, site, account, warnings, {"guard.py": guard})
+    return JobSpec(name, job_dir, script, plan, request, record, site, account, warnings, guard_files())
+
+
+def guard_files() -> dict[str, str]:
+    """kit's guard as the job runs it: the proxy as guard.py, with its key and usage modules beside it."""
+    guard = Path(__file__).resolve().parents[1] / "guard"
+    return {"guard.py": (guard / "proxy.py").read_text(), "keys.py": (guard / "keys.py").read_text(),
+            "usage.py": (guard / "usage.py").read_text()}
 
 
 def serve_job(model: str, *, site: str | None, account: str | None, time: str | None = None,

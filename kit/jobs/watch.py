@@ -197,6 +197,9 @@ ALIVE = {"PENDING", "RUNNING", "SUSPENDED", "CONFIGURING", "RESIZING"}
 def stop(record: JobRecord, timeout: float = 60, interval: float = TICK_S) -> slurm.JobState:
     """scancel, then wait until Slurm reports the job ended for good (so nothing keeps running,
     and nothing runs again: a job Slurm requeued after all is cancelled again)."""
+    if record.data.get("service"):
+        raise KitError(f"{record.name} is a shared service: `kit service down {record.name}` stops it and "
+                       f"its successors")
     state = WATCHER.state(record, fresh=True)
     if state.ended:
         return state

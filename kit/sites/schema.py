@@ -66,6 +66,7 @@ class Paths(Strict):
     model_cache: str
     image_dir: str
     state_dir: str
+    services_dir: str | None = None  # shared services (kit service): NAME/service.json, lab keys, usage
 
 
 # Memory units, exactly: GiB = 1024^3 bytes. Slurm's `--mem=NG` is N GiB (its units are powers of
