@@ -36,29 +36,24 @@ def rag():
 @json_option("print the summary as JSON")
 def ingest_cmd(paths, stack, store, collection, embed_model, site, chunk_size, overlap, prune, as_json):
     """Chunk, embed and store text, Markdown, HTML and PDF files; reruns add only what changed."""
-    from kit.rag.ingest import collect, ingest
+    from kit.rag.ingest import ingest_into
     from kit.rag.progress import file_progress
-    from kit.rag.target import open_target
 
-    files = collect(list(paths))[0]  # bad paths fail before a store is opened
-    target = open_target(stack=stack, store=store, collection=collection, site=site, embed_model=embed_model)
-    try:
-        with file_progress(len(files)) as advance:
-            summary = ingest(target, list(paths), size=chunk_size, overlap=overlap, prune=prune, progress=advance)
-    finally:
-        target.close()
+    summary, label = ingest_into(list(paths), stack=stack, store=store, collection=collection, site=site,
+                                 embed_model=embed_model, size=chunk_size, overlap=overlap, prune=prune,
+                                 progress=file_progress)
     if as_json:
         emit_json(summary.as_json())
     else:
         s = summary
-        click.echo(f"{target.store.label} [{target.store.collection}]: {s.files} files: {s.new_files} new, "
+        click.echo(f"{label}: {s.files} files: {s.new_files} new, "
                    f"{s.changed_files} changed, {s.unchanged_files} unchanged, {len(s.failed)} failed; "
                    f"chunks: {s.chunks_added} added, {s.chunks_removed} removed"
                    f"{f' ({s.pruned_files} files pruned)' if s.pruned_files else ''}; {s.total_chunks} in the store")
         for path, reason in s.skipped:
             click.echo(f"  skipped {path}: {reason}")
-        for path, reason in s.failed:
-            click.echo(f"kit: warning: {path}: {reason} (skipped)", err=True)
+    for path, reason in summary.failed:
+        click.echo(f"kit: warning: {path}: {reason} (skipped)", err=True)
     if summary.failed:
         sys.exit(1)
 

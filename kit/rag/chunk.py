@@ -130,9 +130,12 @@ def html_blocks(text: str) -> list[Block]:
 
 
 def pdf_blocks(path: Path) -> list[Block]:
+    import logging
+
     from pypdf import PdfReader
     from pypdf.errors import PyPdfError
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # a broken file is reported once, as a failure
     try:
         reader = PdfReader(str(path))
         pages = [page.extract_text() or "" for page in reader.pages]

@@ -82,12 +82,37 @@ def _under(source: str, roots: list[Path]) -> bool:
     return any(source == str(r) or source.startswith(str(r).rstrip("/") + "/") for r in roots)
 
 
+def ingest_into(paths: list[str], *, stack: str | None, store: str | None, collection: str | None,
+                site: str | None = None, embed_model: str | None = None, size: int = DEFAULT_SIZE,
+                overlap: int = DEFAULT_OVERLAP, prune: bool = False, progress=None) -> tuple[Summary, str]:
+    """`kit rag ingest`: every argument checked before a store is opened or created, then
+    ``ingest``. ``progress(total)`` is a context manager yielding the per-file callback.
+    Returns the summary and the store's label."""
+    from contextlib import nullcontext
+
+    from kit.rag.target import open_target
+
+    check_sizes(size, overlap)
+    files = collect(paths)[0]
+    target = open_target(stack=stack, store=store, collection=collection, site=site, embed_model=embed_model)
+    try:
+        with (progress(len(files)) if progress else nullcontext()) as advance:
+            summary = ingest(target, paths, size=size, overlap=overlap, prune=prune, progress=advance)
+        return summary, f"{target.store.label} [{target.store.collection}]"
+    finally:
+        target.close()
+
+
+def check_sizes(size: int, overlap: int) -> None:
+    from kit.rag.chunk import chunk_blocks
+
+    chunk_blocks([], size, overlap)
+
+
 def ingest(target, paths: list[str], *, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERLAP,
            prune: bool = False, progress=None) -> Summary:
     """``progress(advance_files, description)``: called once per file (for a progress bar)."""
-    from kit.rag.chunk import chunk_blocks
-
-    chunk_blocks([], size, overlap)  # checks the sizes before any work
+    check_sizes(size, overlap)
     files, roots, skipped = collect(paths)
     store, embedder = target.store, target.embedder
     built = store.model()
