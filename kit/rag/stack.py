@@ -15,16 +15,17 @@ from kit.images.lock import load_lock
 from kit.images.store import local_image
 from kit.jobs import render
 from kit.jobs.record import ensure_writable, state_root
-from kit.jobs.spec import JobSpec, SIGNAL_LEAD_S, gpu_directives, job_name, require_account, walltime
+from kit.jobs.spec import (JobSpec, SIGNAL_LEAD_S, gpu_directives, host_resources, job_name, require_account,
+                           walltime)
 from kit.sites import expand_user_path
 
 STOP_GRACE_S = 25
-CPU_JOB = {"cpus": 4, "mem_gb": 32}  # Weaviate alone: its memory limit is 80 % of the job's
+CPU_JOB = {"cpus": 4, "mem_gib": 32}  # Weaviate alone: its memory limit is 80 % of the job's
 PORTS = ["WEAVIATE_PORT", "GRPC_PORT", "GOSSIP_PORT", "DATA_PORT", "RAFT_PORT", "RAFT_RPC_PORT"]
 TEI_PORTS = ["TEI_PORT", "TEI_ENGINE_PORT", "TEI_METRICS_PORT"]
 
 
-def weaviate_env(hostname: str, mem_gb: int) -> list[tuple[str, str]]:
+def weaviate_env(hostname: str, mem_gib: int) -> list[tuple[str, str]]:
     """containers.md §4.2: fixed node name and Raft for one node, key auth only, no telemetry,
     no modules (kit brings the vectors), the Go runtime held under the job's memory."""
     return sorted({
@@ -42,7 +43,7 @@ def weaviate_env(hostname: str, mem_gb: int) -> list[tuple[str, str]]:
         "GO_PROFILING_DISABLE": "true",
         "PROMETHEUS_MONITORING_ENABLED": "false",
         "LIMIT_RESOURCES": "true",
-        "GOMEMLIMIT": f"{int(mem_gb * 1024 * 0.8)}MiB",
+        "GOMEMLIMIT": f"{int(mem_gib * 1024 * 0.8)}MiB",
         "QUERY_DEFAULTS_LIMIT": "25",
         "LOG_LEVEL": "info",
     }.items())
@@ -71,7 +72,7 @@ def cpu_directives(site, partition: str, *, name: str, account: str | None, limi
         render.directive("--nodes", 1),
         render.directive("--ntasks-per-node", 1),
         render.directive("--cpus-per-task", CPU_JOB["cpus"]),
-        render.directive("--mem", f"{CPU_JOB['mem_gb']}G"),
+        render.directive("--mem", f"{CPU_JOB['mem_gib']}G"),
         render.directive("--time", limit),
         render.directive("--output", f"{job_dir}/slurm-%j.out"),
         render.directive("--signal", f"B:USR1@{SIGNAL_LEAD_S}"),
@@ -115,9 +116,9 @@ def build(site, *, account: str | None, time: str | None, name: str | None, cpu:
 
     lock = load_lock()
     w_entry = lock.entry("weaviate")
-    mem_gb = CPU_JOB["mem_gb"] if cpu else site.defaults.mem_per_gpu_gb
+    mem_gib = CPU_JOB["mem_gib"] if cpu else host_resources(site, plan)[1]  # what the job's --mem asks
     weaviate = {"image": str(local_image(site, w_entry, account)), "version": w_entry["version"],
-                "data_dir": data, "hostname": hostname, "env": weaviate_env(hostname, mem_gb)}
+                "data_dir": data, "hostname": hostname, "env": weaviate_env(hostname, mem_gib)}
     tei = None
     if not cpu:
         t_entry = lock.entry("tei")
