@@ -12,7 +12,7 @@ import sys
 import click
 
 from kit import __version__
-from kit.cli import client, images, jobs, models, plan, rag, service, sites
+from kit.cli import client, finetune, images, jobs, models, plan, rag, service, sites
 from kit.cli.eval import eval_group
 from kit.errors import KitError
 
@@ -23,7 +23,8 @@ def cli():
     """Right-sized, reproducible LLM jobs on Slurm GPU clusters."""
 
 
-for group in (sites.sites, models.models, plan.plan, images.images, eval_group, rag.rag, service.service):
+for group in (sites.sites, models.models, plan.plan, finetune.finetune, images.images, eval_group, rag.rag,
+              service.service):
     cli.add_command(group)
 for command in jobs.COMMANDS + client.COMMANDS:
     cli.add_command(command)

@@ -46,18 +46,22 @@ def has_path(data: Any, path: tuple[str, ...]) -> bool:
 _TOKEN = re.compile(r"\.([^.\[]+)|\[([^\]]*)\]")
 
 
-def explain_validation_error(error, data: dict) -> tuple[tuple[str, ...], str]:
+def explain_validation_error(error, data: dict, root: Any = None) -> tuple[tuple[str, ...], str]:
     """msgspec says ``Expected `int`, got `str` - at `$.partitions[...].max_walltime```; name the key
-    behind each ``[...]`` by finding the entry that fails, and list allowed keys for unknown ones."""
+    behind each ``[...]`` by finding the entry that fails, and list allowed keys for unknown ones.
+    ``root`` is the Struct that was converted (default: the site schema)."""
     import msgspec
 
-    from kit.sites.schema import RENAMED_KEYS, Site
+    from kit.sites.schema import RENAMED_KEYS
+
+    if root is None:
+        from kit.sites.schema import Site as root
 
     text = str(error)
     message, sep, where = text.rpartition(" - at `")
     if not sep:
         message, where = text, "$`"
-    typ: Any = Site
+    typ: Any = root
     node: Any = data
     path: list[str] = []
     for name, index in _TOKEN.findall(where.rstrip("`")[1:]):

@@ -1,0 +1,338 @@
+"""The trainer (`python -m kit.train`), its config and data checks, and `kit finetune init/merge`:
+real transformers, peft and bitsandbytes on the CPU, tiny models, a few steps each."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from kitrun import kit
+from standin.smollm2 import build_smollm2
+from standin.tiny_model import build_tiny_chat_model
+
+from kit.errors import KitError
+from kit.train import checkpoint
+from kit.train.config import OPTIMIZERS, example_config, load_config
+
+NAMES = ["Ann", "Bob", "Cid", "Dee", "Eve", "Fay", "Gus", "Hal", "Ivy", "Jon", "Kim", "Lou"]
+CITIES = ["Paris", "Oslo", "Rome", "Lima", "Kyiv", "Doha", "Bern", "Baku"]
+METRIC_KEYS = {"step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_s", "gpu_mem_gib", "time"}
+
+
+def extraction_set(path: Path, n: int, seed: int = 0) -> Path:
+    """Synthetic extraction records: "Name: X; City: Y" -> {"name": "X", "city": "Y"} (chat format)."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            name, city = rng.choice(NAMES), rng.choice(CITIES)
+            f.write(json.dumps({"messages": [
+                {"role": "user", "content": f"Extract the fields as JSON. Name: {name}; City: {city}"},
+                {"role": "assistant", "content": json.dumps({"name": name, "city": city})}]}) + "\n")
+    return path
+
+
+def write_config(d: Path, model: Path, **sections) -> Path:
+    """A config in d (data in d/train.jsonl unless given), LoRA on the CPU; sections override."""
+    cfg = {
+        "model": str(model),
+        "data": {"train": "train.jsonl", "format": "chat"},
+        "method": "lora",
+        # lm_head too: the tiny model's random head caps its logits near uniform otherwise.
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "o_proj", "down_proj", "lm_head"]},
+        "training": {"max_steps": 12, "learning_rate": 1.0e-2, "scheduler": "constant", "warmup_steps": 0,
+                     "batch_size": 4, "gradient_accumulation": 1, "seq_len": 96, "bf16": False,
+                     "gradient_checkpointing": False, "seed": 7},
+        "checkpoint": {"every_steps": 100, "keep": 2},
+        "output_dir": "out",
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    if not (d / "train.jsonl").exists():
+        extraction_set(d / "train.jsonl", 24)
+    path = d / "finetune.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_trainer(config: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kit.train", str(config)], capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def falls(losses: list[float]) -> bool:
+    k = max(1, len(losses) // 4)
+    return sum(losses[-k:]) / k < 0.8 * sum(losses[:k]) / k
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_chat_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny, tmp_path_factory) -> Path:
+    """A finished LoRA run on the tiny Llama through the real entry point; its output dir."""
+    d = tmp_path_factory.mktemp("tiny-run")
+    proc = run_trainer(write_config(d, tiny, data={"validation_split": 0.1}, checkpoint={"every_steps": 5}))
+    assert proc.returncode == 0, proc.stderr
+    return d / "out"
+
+
+def test_lora_on_tiny_llama_learns_and_writes_the_contracted_outputs(tiny_run, tiny):
+    rows = metrics(tiny_run)
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert all(METRIC_KEYS <= set(r) for r in rows) and rows[0]["total_steps"] == 12 and rows[0]["gpu_mem_gib"] is None
+    assert falls([r["loss"] for r in rows]), [r["loss"] for r in rows]
+    assert "eval_loss" in rows[4] and "eval_loss" in rows[9]  # the validation split is evaluated at checkpoints
+    adapter = tiny_run / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"} <= {p.name for p in adapter.iterdir()}
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny)
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert {"steps", "epochs", "final_loss", "train_seconds", "method", "model", "output"} <= set(summary)
+    assert summary["steps"] == 12 and summary["output"] == str(adapter) and summary["method"] == "lora"
+    assert json.loads((tiny_run / "run.json").read_text())["resumed_from_step"] is None
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == ["step-00000005", "step-00000010"]
+
+
+def test_prompt_tokens_are_masked_from_the_loss(tiny):
+    from transformers import AutoTokenizer
+
+    from kit.train.data import IGNORE, Record, encode
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    rec = Record("x:1", {"messages": [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Name: Ann; City: Oslo"},
+                                      {"role": "assistant", "content": '{"name": "Ann"}'},
+                                      {"role": "user", "content": "City?"},
+                                      {"role": "assistant", "content": "Oslo"}]})
+    ex = encode(rec, tok, "chat", 512, "tiny")
+    learned = tok.decode([t for t in ex["labels"] if t != IGNORE])
+    assert learned == '{"name": "Ann"}</s>\nOslo</s>\n', learned
+    inst = encode(Record("x:2", {"instruction": "Extract.", "input": "Name: Bob", "output": "Bob"}), tok, "instruction", 512, "tiny")
+    assert tok.decode([t for t in inst["labels"] if t != IGNORE]) == "Bob</s>\n"
+    comp = encode(Record("x:3", {"prompt": "Name: Bob ->", "completion": " Bob"}), tok, "completion", 512, "tiny")
+    assert tok.decode([t for t in comp["labels"] if t != IGNORE]) == " Bob</s>"
+    assert len(encode(rec, tok, "chat", 10, "tiny")["input_ids"]) == 10
+
+
+def test_resume_after_sigusr1_gives_the_same_weights_as_an_uninterrupted_run(tiny, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    steps = 24
+    sections = dict(training={"max_steps": steps, "scheduler": "cosine", "warmup_steps": 3},
+                    lora={"dropout": 0.1}, checkpoint={"every_steps": 12, "keep": 3})
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    extraction_set(tmp_path / "a" / "train.jsonl", 24), extraction_set(tmp_path / "b" / "train.jsonl", 24)
+    cfg_a, cfg_b = write_config(tmp_path / "a", tiny, **sections), write_config(tmp_path / "b", tiny, **sections)
+
+    proc = subprocess.Popen([sys.executable, "-m", "kit.train", str(cfg_b)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    out_b = tmp_path / "b" / "out"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out_b / "metrics.jsonl").exists() and len(metrics(out_b)) >= 3:
+            proc.send_signal(signal.SIGUSR1)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err
+    stopped = metrics(out_b)[-1]["step"]
+    assert 3 <= stopped < steps and "SIGUSR1: stopped after step" in _
+    assert checkpoint.latest(out_b).name == f"step-{stopped:08d}" and not (out_b / "summary.json").exists()
+    saved_opt = torch.load(checkpoint.latest(out_b) / "optimizer.pt", weights_only=False)
+
+    resumed = run_trainer(cfg_b)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((out_b / "run.json").read_text())["resumed_from_step"] == stopped
+    assert [r["step"] for r in metrics(out_b)] == list(range(1, steps + 1))  # each step once
+
+    plain = run_trainer(cfg_a)
+    assert plain.returncode == 0, plain.stderr
+    out_a = tmp_path / "a" / "out"
+    # The same optimizer state at the stop step (the uninterrupted run's checkpoint of that step is
+    # gone, so compare the loss curve there) and at the end, and the same final adapter.
+    assert [round(r["loss"], 4) for r in metrics(out_a)] == [round(r["loss"], 4) for r in metrics(out_b)]
+    end_a = torch.load(out_a / "checkpoints" / f"step-{steps:08d}" / "optimizer.pt", weights_only=False)
+    end_b = torch.load(out_b / "checkpoints" / f"step-{steps:08d}" / "optimizer.pt", weights_only=False)
+    for key in end_a["state"]:
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(end_a["state"][key][name], end_b["state"][key][name], atol=1e-6)
+    assert int(saved_opt["state"][0]["step"]) == stopped
+    wa, wb = load_file(out_a / "adapter" / "adapter_model.safetensors"), load_file(out_b / "adapter" / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_an_interrupted_checkpoint_is_never_picked(tiny, tmp_path):
+    cfg = write_config(tmp_path, tiny, training={"max_steps": 4}, checkpoint={"every_steps": 2, "keep": 5})
+    assert run_trainer(cfg).returncode == 0
+    out = tmp_path / "out"
+    again = run_trainer(cfg)  # a finished run is left alone
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    # Simulate a later run killed while writing: a temp dir, and a step dir without its marker.
+    (out / "summary.json").unlink()
+    half = out / "checkpoints" / ".step-00000006.tmp-12345"
+    half.mkdir()
+    (half / "trainable.safetensors").write_bytes(b"garbage")
+    torn = out / "checkpoints" / "step-00000008"
+    torn.mkdir()
+    (torn / "optimizer.pt").write_bytes(b"garbage")
+    assert checkpoint.latest(out).name == "step-00000004"
+    write_config(tmp_path, tiny, training={"max_steps": 10}, checkpoint={"every_steps": 2, "keep": 5})
+    proc = run_trainer(cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "run.json").read_text())["resumed_from_step"] == 4
+    assert not half.exists() and "removed .step-00000006.tmp-12345" in proc.stdout
+    assert [r["step"] for r in metrics(out)] == list(range(1, 11))
+
+
+def test_qlora_trains_on_the_cpu_with_4bit_nf4_weights(tiny, tmp_path):
+    """bitsandbytes on a CPU with AVX512-BF16 repacks 4-bit weights on an eval-mode no-grad forward;
+    backward then stops at the first 4-bit layer and the adapters before it silently stop learning.
+    The validation pass at every checkpoint (from step 2 on) must not trigger it."""
+    from safetensors.torch import load_file
+
+    cfg = write_config(tmp_path, tiny, method="qlora", data={"validation_split": 0.1},
+                       training={"max_steps": 12, "learning_rate": 5.0e-3}, checkpoint={"every_steps": 2, "keep": 10})
+    proc = run_trainer(cfg)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    q = json.loads((out / "run.json").read_text())["quantization"]
+    assert q["load_in_4bit"] and q["bnb_4bit_quant_type"] == "nf4" and q["bnb_4bit_use_double_quant"]
+    losses = [r["loss"] for r in metrics(out)]
+    assert falls(losses[2:]), str(losses)
+    first = "base_model.model.model.layers.0.self_attn.q_proj.lora_B.default.weight"
+    at_2 = load_file(out / "checkpoints" / "step-00000002" / "trainable.safetensors")[first]
+    at_12 = load_file(out / "checkpoints" / "step-00000012" / "trainable.safetensors")[first]
+    assert (at_12 - at_2).abs().max() > 1e-4  # the first layer's adapter still learns after validation
+    assert "autograd kernel was not registered" not in proc.stderr
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    return build_smollm2(tmp_path_factory.mktemp("smollm2") / "model")
+
+
+def test_lora_on_smollm2_learns_the_extraction_task(smollm2, tmp_path):
+    extraction_set(tmp_path / "train.jsonl", 16)
+    cfg = write_config(tmp_path, smollm2, lora={"target_modules": ["q_proj", "v_proj"]},
+                       training={"max_steps": 8, "learning_rate": 2.0e-3, "batch_size": 2})
+    proc = run_trainer(cfg)
+    assert proc.returncode == 0, proc.stderr
+    losses = [r["loss"] for r in metrics(tmp_path / "out")]
+    assert falls(losses), losses
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_merged_model_gives_the_logits_of_base_plus_adapter(tiny_run, tiny, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    r = kit("finetune", "merge", str(tiny_run / "adapter"), "--out", str(tmp_path / "merged"))
+    assert r.code == 0, r.err
+    ids = torch.tensor([[0, 40, 41, 42, 100, 200, 7]])
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny).eval()
+        plain = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, tiny_run / "adapter").eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()(ids).logits
+    assert not torch.allclose(plain, tuned, atol=1e-3)  # the adapter changes the model
+    assert torch.allclose(merged, tuned, atol=1e-5)
+    again = kit("finetune", "merge", str(tiny_run / "adapter"), "--out", str(tmp_path / "merged"))
+    assert again.code != 0 and "already exists" in again.error_line
+    assert "not an adapter directory" in kit("finetune", "merge", str(tmp_path), "--out", str(tmp_path / "m2")).error_line
+
+
+# --- bad input: one clear line each -----------------------------------------------------------
+
+def test_init_writes_an_example_that_loads_and_never_overwrites(tmp_path):
+    r = kit("finetune", "init", "ft.yaml", cwd=tmp_path)
+    assert r.code == 0 and (tmp_path / "ft.yaml").read_text() == example_config()
+    assert "already exists" in kit("finetune", "init", "ft.yaml", cwd=tmp_path).error_line
+    with pytest.raises(KitError, match=r"data\.train: no such data file .*data/train\.jsonl"):
+        load_config(tmp_path / "ft.yaml")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("")
+    cfg = load_config(tmp_path / "ft.yaml")
+    assert cfg.method == "lora" and cfg.output_dir == str(tmp_path / "runs" / "my-lora")
+    assert cfg.training.gradient_accumulation == 8 and cfg.lora.target_modules == "all-linear"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trainig": {}}, r"ft\.yaml: trainig: unknown key \(allowed here: model, data, output_dir, method"),
+    ({"training": {"batch_size": "four"}}, r"ft\.yaml: training\.batch_size: Expected 'int', got 'str'"),
+    ({"method": "dora"}, r"ft\.yaml: method: Invalid enum value 'dora' \(allowed: full, lora, qlora\)"),
+    ({"training": {"epochs": 1, "max_steps": 5}}, r"ft\.yaml: training: give epochs or max_steps, not both"),
+    ({"data": {"train": "missing.jsonl"}}, r"ft\.yaml: data\.train: no such data file .*missing\.jsonl"),
+    ({"lora": {"dropout": 1.5}}, r"ft\.yaml: lora\.dropout: Expected 'float' < 1"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path, change, message):
+    (tmp_path / "train.jsonl").write_text("")
+    cfg = {"model": "org/model", "data": {"train": "train.jsonl"}, "output_dir": "out", **change}
+    if "data" in change:
+        cfg["data"] = change["data"]
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(KitError, match=message) as e:
+        load_config(tmp_path / "ft.yaml")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("lines, message", [
+    (['{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}', "{not json"],
+     r"train\.jsonl:2: not a JSON object"),
+    (['{"messages": [{"role": "user", "content": "a"}]}'], r"train\.jsonl:1: .*needs an \"assistant\" message"),
+    (['{"messages": [{"role": "assistant", "content": "b"}]}'], r"train\.jsonl:1: .*needs a \"user\" message before"),
+    (['{"messages": [{"role": "tool", "content": "x"}, {"role": "user", "content": "a"}, '
+      '{"role": "assistant", "content": "b"}]}'], r"train\.jsonl:1: .*chat template refuses this record: Unknown role: tool"),
+])
+def test_bad_data_is_one_line_with_file_and_line(tiny, tmp_path, lines, message):
+    from transformers import AutoTokenizer
+
+    from kit.train.data import build_examples, read_records
+
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(KitError, match=message):
+        build_examples(read_records([str(tmp_path / "train.jsonl")], "chat"), AutoTokenizer.from_pretrained(tiny),
+                       "chat", 64, False, "tiny")
+
+
+def test_trainer_reports_bad_input_in_one_line_and_exits_2(tiny, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}, '
+                                          '{"role": "assistant", "content": "b"}]}\n\n{"messages": oops}\n')
+    proc = run_trainer(write_config(tmp_path, tiny))
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("kit: error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and f"{tmp_path / 'train.jsonl'}:3: not a JSON object" in lines[0], proc.stderr
+    proc = run_trainer(write_config(tmp_path, tiny, training={"seq_len": 0}))
+    assert proc.returncode == 2 and "training.seq_len: Expected 'int' >= 1" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_optimizer_and_method_names_are_the_planners():
+    from kit.plan.memory import constants
+
+    assert set(OPTIMIZERS) == set(constants()["finetune"]["optimizers"])
+    from kit.train.config import METHODS
+
+    assert set(METHODS) == set(constants()["finetune"]["methods"])
+
+
+def test_config_module_imports_light():
+    code = ("import sys\nfrom kit.train.config import load_config\nimport kit.train.data\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
