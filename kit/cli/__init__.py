@@ -12,7 +12,7 @@ import sys
 import click
 
 from kit import __version__
-from kit.cli import client, images, jobs, models, plan, sites
+from kit.cli import client, finetune, images, jobs, models, plan, sites
 from kit.errors import KitError
 
 
@@ -22,7 +22,7 @@ def cli():
     """Right-sized, reproducible LLM jobs on Slurm GPU clusters."""
 
 
-for group in (sites.sites, models.models, plan.plan, images.images):
+for group in (sites.sites, models.models, plan.plan, images.images, finetune.finetune):
     cli.add_command(group)
 for command in jobs.COMMANDS + client.COMMANDS:
     cli.add_command(command)

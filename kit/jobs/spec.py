@@ -80,8 +80,10 @@ def host_resources(site, plan: dict) -> tuple[int, int]:
     return cpus, mem
 
 
-def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: str, job_dir: Path) -> list[str]:
-    """The #SBATCH lines of a GPU job as planned, after the site's own additions and drops."""
+def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: str, job_dir: Path,
+                   signal_lead_s: int = SIGNAL_LEAD_S, extra: tuple[str, ...] = ()) -> list[str]:
+    """The #SBATCH lines of a GPU job as planned (USR1 ``signal_lead_s`` before the walltime,
+    then the job kind's ``extra`` directives), after the site's own additions and drops."""
     cpus, mem = host_resources(site, plan)
     directives = [
         render.directive("--job-name", name),
@@ -95,6 +97,7 @@ def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: s
         render.directive("--mem", f"{mem}G"),
         render.directive("--time", limit),
         render.directive("--output", f"{job_dir}/slurm-%j.out"),
-        render.directive("--signal", f"B:USR1@{SIGNAL_LEAD_S}"),
+        render.directive("--signal", f"B:USR1@{signal_lead_s}"),
+        *extra,
     ]
     return render.apply_site_directives(directives, site.sbatch)
