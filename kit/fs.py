@@ -32,5 +32,32 @@ def write_atomic(path: Path, text: str) -> None:
         raise KitError(f"{path}: cannot write it ({e.strerror})") from None
 
 
+def replace_together(files: list[tuple[Path, str]]) -> None:
+    """Write files that must agree (the image lock and its defs) as near to one step as a file
+    system allows: every new text goes to a temp file first (any failure there removes them all
+    and changes nothing), then the renames run back to back with Ctrl-C and termination
+    signals held until they are done."""
+    import signal
+
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files:
+            tmp = path.with_name(f".{path.name}.tmp")
+            staged.append((tmp, path))
+            tmp.write_text(text)
+    except OSError as e:
+        for tmp, _ in staged:
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+        raise KitError(f"{staged[-1][1]}: cannot write it ({e.strerror}); nothing was changed") from None
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for tmp, path in staged:
+            tmp.replace(path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def write_json(path: Path, data) -> None:
     write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

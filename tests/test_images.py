@@ -312,3 +312,123 @@ def test_serve_refuses_an_image_newer_than_the_driver(images_env):
     images_env["lock"].write_text(yaml.safe_dump(data))
     r = kit("serve", "meta-llama/Llama-3.1-8B-Instruct", "--engine", "vllm", "--dry-run", env=images_env["env"])
     assert r.code != 0 and "needs CUDA 13.0" in r.error_line and "up to CUDA 12.8" in r.error_line
+
+
+# --- the lock and the defs change together; checks come before side effects ---------------------
+
+def upstream_tags(lock_file: Path) -> dict:
+    tags = {}
+    for entry in load_lock(lock_file).images.values():
+        host_repo, tag = entry["upstream"].rsplit(":", 1)
+        repo = host_repo.split("/", 1)[1] if "." in host_repo.split("/", 1)[0] else host_repo
+        tags[f"{repo}:{tag}"] = f"manifest of {entry['upstream']}"
+    return tags
+
+
+def mirrors(registry) -> str:
+    return ",".join(f"{h}={registry.url}" for h in ("ghcr.io", "docker.io", "cr.weaviate.io"))
+
+
+def test_a_lock_that_cannot_be_written_leaves_every_def_as_it_was(images_env):
+    blocker = images_env["lock"].parent / ".images.lock.tmp"  # the lock's temp file cannot be created
+    blocker.mkdir()
+    before = snapshot(images_env)
+    with FakeRegistry(upstream_tags(images_env["lock"])) as registry:
+        r = kit_images(images_env, "lock", KIT_REGISTRY_MIRRORS=mirrors(registry))
+        assert r.code != 0 and str(images_env["lock"]) in r.error_line and "nothing was changed" in r.error_line
+        assert snapshot(images_env) == before
+        assert not list(images_env["lock"].parent.glob(".*.def.tmp"))
+        blocker.rmdir()
+        assert kit_images(images_env, "lock", KIT_REGISTRY_MIRRORS=mirrors(registry)).code == 0
+    updated = load_lock(images_env["lock"])
+    for name in updated.images:
+        check_agreement(updated, name)
+
+
+def test_a_rerun_of_lock_repairs_a_def_left_ahead_of_the_lock(images_env):
+    """What an interrupted lock used to leave: the def has the new digest, the lock the old."""
+    digest = "sha256:" + "ab" * 32
+    tgi_def = images_env["lock"].parent / "tgi.def"
+    text = tgi_def.read_text()
+    text = re.sub(r"(?m)^From:.*$", f"From: ghcr.io/huggingface/text-generation-inference:3.3.7@{digest}", text, count=1)
+    tgi_def.write_text(text.replace("org.kit.upstream.digest unresolved", f"org.kit.upstream.digest {digest}"))
+    r = kit_images(images_env, "build", "tgi")
+    assert r.code != 0 and "disagree" in r.error_line and "`kit images lock tgi` rewrites both" in r.error_line
+    with FakeRegistry(upstream_tags(images_env["lock"])) as registry:
+        r = kit_images(images_env, "lock", "tgi", KIT_REGISTRY_MIRRORS=mirrors(registry))
+        assert r.code == 0, r.err
+        fresh = registry.digest("huggingface/text-generation-inference:3.3.7")
+    definition = check_agreement(load_lock(images_env["lock"]), "tgi")
+    assert definition.header["From"].endswith(fresh)
+    assert kit_images(images_env, "build", "tgi").code == 0
+
+
+def test_push_checks_the_lock_is_writable_before_pushing(images_env, monkeypatch):
+    from kit.images import lock as lock_module
+    from kit.images.transfer import push
+    from kit.sites import load_site
+    from kit.errors import KitError
+
+    assert kit_images(images_env, "build", "tgi").code == 0
+    for key, value in images_env["env"].items():
+        monkeypatch.setenv(key, value)
+    real_access = os.access
+    monkeypatch.setattr(lock_module.os, "access",
+                        lambda path, mode: False if Path(path) == images_env["lock"] else real_access(path, mode))
+    before = len(calls(images_env))
+    with pytest.raises(KitError, match="not writable"):
+        push(load_site("quest").site, "tgi")
+    assert not any("push" in c for c in calls(images_env)[before:]), "nothing was pushed"
+    assert not (images_env["tmp"] / "oras").exists()
+
+
+def test_the_finetune_image_needs_a_source_checkout(images_env):
+    """An installed kit bundles containers/ without pyproject.toml or kit's source: say so at once."""
+    before = snapshot(images_env)
+    r = kit_images(images_env, "build", "finetune")
+    line = r.error_line
+    assert r.code != 0 and "%files needs pyproject.toml, README.md, kit, site-configs, templates" in line
+    assert "source checkout" in line and "finetune.def" in line
+    assert not any("build" in c for c in calls(images_env)), "the runtime was never called"
+    assert snapshot(images_env) == before
+    repo = images_env["lock"].parent.parent  # a checkout: the sources beside containers/
+    for name in ("pyproject.toml", "README.md", "kit", "site-configs", "templates"):
+        (repo / name).symlink_to(ROOT / name)
+    r = kit_images(images_env, "build", "finetune")
+    assert r.code == 0, r.err
+
+
+# --- facts: what the pinned images really are ----------------------------------------------------
+
+def test_the_vllm_image_runs_every_quantization_kit_plans_for_it():
+    """kit plans `--quantization bitsandbytes` for vLLM; the image must have a bitsandbytes vLLM accepts."""
+    from kit.engines import engine
+
+    assert "bitsandbytes" in engine("vllm")["quantize"].values()
+    test_section = "\n".join(parse_def(ROOT / "containers" / "vllm.def").sections["%test"])
+    assert "import bitsandbytes" in test_section
+    assert 'Version("0.48.1")' in test_section  # vLLM 0.19.1's _check_bitsandbytes_version minimum
+
+
+def test_tgi_runs_cuda_12_8_the_build_of_its_torch():
+    assert PACKAGED.entry("tgi")["cuda"] == "12.8"
+    assert check_agreement(PACKAGED, "tgi").labels["org.kit.cuda"] == "12.8"
+
+
+def test_weaviate_is_unverified_until_lock_resolves_it(images_env):
+    rows = {r["image"]: r for r in kit_images(images_env, "list", "--json").json()}
+    assert "v1.39.0" in rows["weaviate"]["unverified"] and rows["tgi"]["unverified"] is None
+    human = kit_images(images_env, "list")
+    assert "unverified: weaviate 1.40.3" in " ".join(human.out.split())
+    assert "UNVERIFIED" in (ROOT / "containers" / "weaviate.def").read_text()
+    # A resolved digest proves the tag exists: the lock cannot keep calling it unverified.
+    data = yaml.safe_load(images_env["lock"].read_text())
+    data["images"]["weaviate"]["digest"] = "sha256:" + "cd" * 32
+    images_env["lock"].write_text(yaml.safe_dump(data))
+    r = kit_images(images_env, "list")
+    assert r.code != 0 and "images.weaviate.unverified: the digest is resolved" in r.error_line
+    shutil.copy(ROOT / "containers" / "images.lock", images_env["lock"])
+    with FakeRegistry(upstream_tags(images_env["lock"])) as registry:
+        assert kit_images(images_env, "lock", "weaviate", KIT_REGISTRY_MIRRORS=mirrors(registry)).code == 0
+    assert "unverified" not in lock_entry(images_env, "weaviate")
+    assert {r["image"]: r for r in kit_images(images_env, "list", "--json").json()}["weaviate"]["unverified"] is None

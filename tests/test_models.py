@@ -273,3 +273,123 @@ def test_config_that_is_not_utf8(tmp_path):
     (tmp_path / "m" / "config.json").write_bytes(b"\xff\xfe{}")
     r = kit("models", "show", str(tmp_path / "m"))
     assert r.code != 0 and "not a UTF-8 text file" in r.error_line and str(tmp_path / "m") in r.error_line
+
+
+# --- no job without weights ----------------------------------------------------------------
+
+SERVE = ("--site", "quest", "--account", "p12345", "--dry-run")
+
+
+def test_a_config_only_snapshot_plans_but_is_never_served(hub):
+    # Planning a Hub model caches its config.json: a snapshot without weights.
+    assert kit("models", "show", "lab/tiny-llama", "--json", env=hub_env(hub)).json()["source"] == "hub"
+    shown = kit("models", "show", "lab/tiny-llama", "--json", env=OFFLINE).json()
+    assert shown["source"] == "cache" and "no weight files" in shown["missing_weights"]
+    plan = kit("plan", "serve", "lab/tiny-llama", "--site", "quest", "--json", env=OFFLINE)
+    assert plan.code == 0 and plan.json()["fits"], plan.err
+    r = kit("serve", "lab/tiny-llama", *SERVE, env=OFFLINE)
+    assert r.code != 0 and "no weight files" in r.error_line and "`kit models pull lab/tiny-llama` first" in r.error_line
+    assert "#SBATCH" not in r.out
+    # Once pulled, the same snapshot is a model: served offline.
+    assert kit("models", "pull", "lab/tiny-llama", "--to", os.environ["HF_HUB_CACHE"], env=hub_env(hub)).code == 0
+    served = kit("serve", "lab/tiny-llama", *SERVE, env=OFFLINE)
+    assert served.code == 0, served.err
+    assert "HF_HUB_OFFLINE=1" in served.out
+
+
+def cached_repo(cache: Path, repo: str, files: dict[str, bytes | str]) -> Path:
+    """A snapshot in an HF cache laid out as huggingface_hub writes it (links into blobs/)."""
+    import hashlib
+
+    root = cache / ("models--" + repo.replace("/", "--"))
+    snapshot = root / "snapshots" / "abc"
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text("abc")
+    for name, data in files.items():
+        data = data.encode() if isinstance(data, str) else data
+        blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+    return snapshot
+
+
+def test_a_snapshot_missing_a_shard_is_refused_and_served_once_complete(tmp_path):
+    tiny_model(tmp_path / "m")
+    from kit.models.safetensors_headers import read_header
+
+    names = sorted(read_header(tmp_path / "m" / "model.safetensors"))
+    index = {"metadata": {}, "weight_map": {n: f"model-0000{1 + (i % 2)}-of-00002.safetensors"
+                                             for i, n in enumerate(names)}}
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    snapshot = cached_repo(cache, "lab/sharded", {
+        "config.json": (tmp_path / "m" / "config.json").read_text(),
+        "model.safetensors.index.json": json.dumps(index),
+        "model-00001-of-00002.safetensors": weights})
+    assert kit("plan", "serve", "lab/sharded", "--site", "quest", "--json").json()["fits"]
+    r = kit("serve", "lab/sharded", *SERVE)
+    assert r.code != 0 and "1 of 2 weight shards missing (model-00002-of-00002.safetensors)" in r.error_line
+    assert "kit models pull lab/sharded" in r.error_line
+    # A link whose blob is gone (an interrupted download) is missing too.
+    (snapshot / "model-00002-of-00002.safetensors").symlink_to("../../blobs/not-downloaded")
+    assert "1 of 2 weight shards missing" in kit("serve", "lab/sharded", *SERVE).error_line
+    (cache / "models--lab--sharded" / "blobs" / "not-downloaded").write_bytes(weights)
+    served = kit("serve", "lab/sharded", *SERVE)
+    assert served.code == 0 and str(snapshot) in served.out, served.err
+
+
+def test_the_complete_snapshot_wins_over_a_config_only_one(tmp_path):
+    tiny_model(tmp_path / "m")
+    config = (tmp_path / "m" / "config.json").read_text()
+    site_cache = tmp_path / "site-cache"
+    cached_repo(site_cache, "lab/tiny", {"config.json": config})
+    full = cached_repo(Path(os.environ["HF_HUB_CACHE"]), "lab/tiny", {
+        "config.json": config, "model.safetensors": (tmp_path / "m" / "model.safetensors").read_bytes()})
+    site = tmp_path / "mysite.yaml"
+    site.write_text((Path(__file__).parents[1] / "site-configs" / "klc.yaml").read_text()
+                    .replace("/kellogg/data/llm_models_opensource", str(site_cache)))
+    d = kit("models", "show", "lab/tiny", "--site", str(site), "--json").json()
+    assert d["location"] == str(full) and d["missing_weights"] is None
+
+
+def test_a_cached_adapter_needs_its_weights():
+    from kit.errors import KitError
+    from kit.jobs.adapters import adapter_specs
+    from kit.engines import engine
+
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    config = json.dumps({"r": 8, "peft_type": "LORA"})
+    cached_repo(cache, "lab/no-weights-lora", {"adapter_config.json": config})
+    with pytest.raises(KitError, match=r"--adapter lab/no-weights-lora: the cached snapshot has no adapter weights "
+                                       r".*`kit models pull lab/no-weights-lora` first"):
+        adapter_specs(["lab/no-weights-lora"], engine("vllm"), offline=True)
+    snapshot = cached_repo(cache, "lab/legal-lora", {"adapter_config.json": config,
+                                                     "adapter_model.safetensors": b"weights"})
+    adapters, rank, _ = adapter_specs(["lab/legal-lora"], engine("vllm"), offline=True)
+    bind_root = snapshot.parent.parent
+    assert adapters[0]["spec"] == f"legal-lora={snapshot}" and adapters[0]["bind"] == f"{bind_root}:{bind_root}:ro"
+
+
+# --- network failures: one line naming the model and what to do ------------------------------
+
+@pytest.mark.parametrize("mode, what", [("drop", "dropped the connection"), ("silent", "did not answer in time")])
+def test_network_failures_are_one_line(mode, what, tmp_path):
+    from httpstub import NetworkFault
+
+    with NetworkFault(mode) as fault:
+        env = {"HF_ENDPOINT": fault.url, "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": "",
+               "HF_HUB_ETAG_TIMEOUT": "1", "HF_HUB_DOWNLOAD_TIMEOUT": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+        pull = kit("models", "pull", "lab/tiny-llama", "--to", str(tmp_path / "c"), env=env, timeout=60)
+        assert pull.code == 2, pull.err
+        line = pull.error_line
+        assert line.startswith("kit: error: lab/tiny-llama: download failed:") and what in line, line
+        assert fault.url in line and "run `kit models pull` again" in line
+        for args in (("models", "show", "lab/tiny-llama"), ("plan", "serve", "lab/tiny-llama", "--site", "quest")):
+            r = kit(*args, env=env, timeout=60)
+            assert r.code == 2 and "lab/tiny-llama: Hub request failed:" in r.error_line and what in r.error_line
+            assert "check the network" in r.error_line
+        # A catalog model still plans from the catalog when the Hub fails.
+        ok = kit("plan", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--site", "quest", "--json", env=env, timeout=60)
+        assert ok.code == 0 and ok.json()["fits"]

@@ -117,6 +117,61 @@ def test_requests_without_the_key_are_refused(serve_env, tgi_job):
     assert r.code != 0 and "refused the API key (401)" in r.error_line
 
 
+def sample_path(path: str) -> str:
+    """A concrete request path for a table entry (`{name}` and `*rest` filled in)."""
+    import re
+
+    return re.sub(r"\{[^}/]+\}|\*\w+$", "x", path)
+
+
+def every_route_through_the_job(url: str, engine: str, key: str) -> dict:
+    """{(method, path): (status without a key, status with the job's key)} over the engine's whole
+    route table (the pinned version's, tests/engine_routes.yaml)."""
+    from standin import routes
+
+    out = {}
+    for route in routes.table(engine):
+        method = "POST" if route.method == "ANY" else route.method
+        path = sample_path(route.path)
+        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+        statuses = []
+        for k in (None, key):
+            req = urllib.request.Request(url + path, method=method, data=body, headers={"Content-Type": "application/json"})
+            if k:
+                req.add_header("Authorization", f"Bearer {k}")
+            try:
+                with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+                    statuses.append(resp.status)
+            except urllib.error.HTTPError as e:
+                statuses.append(e.code)
+        out[(method, path)] = tuple(statuses)
+    return out
+
+
+@pytest.mark.parametrize("engine", ["tgi", "vllm"])
+def test_every_route_of_the_pinned_engine_but_health_needs_the_key(serve_env, tgi_job, engine):
+    """Through the real job on Slurm: without the key, every route of the engine's real route
+    table is refused (401) except GET /health; with it, none is."""
+    if engine == "tgi":
+        job, name = tgi_job, "tgi-one"
+    else:
+        record = submit(serve_env, "--engine", "vllm", "--name", "vllm-routes")
+        r = run(serve_env, "wait", "vllm-routes", "--timeout", "120")
+        assert r.code == 0, r.err
+        job, name = dict(record, url=r.out.strip()), "vllm-routes"
+    try:
+        statuses = every_route_through_the_job(job["url"], engine, key_of(serve_env, name))
+    finally:
+        if engine == "vllm":
+            run(serve_env, "stop", "vllm-routes")
+    assert statuses.pop(("GET", "/health")) == (200, 200)
+    assert len(statuses) > 10
+    refused = {route: s for route, s in statuses.items() if s[0] != 401}
+    assert refused == {}, refused
+    let_through = {route: s for route, s in statuses.items() if s[1] == 401}
+    assert let_through == {}, let_through
+
+
 def test_chat_by_url_with_a_key_file(serve_env, tgi_job):
     key_file = serve_env["base"] / "state" / "jobs" / "tgi-one" / "api_key"
     r = run(serve_env, "chat", tgi_job["url"], "hi", "--api-key-file", str(key_file), "--max-tokens", "4")
@@ -269,13 +324,17 @@ def test_an_engine_that_fails_to_load_fails_wait_fast(serve_env, tmp_path):
     (broken / "config.json").write_text("{not json")  # the engine starts, then cannot load it
     w = run(serve_env, "wait", "broken", "--timeout", "120")
     assert w.code == 4 and "exited with status" in w.err and "before it was ready" in w.err
-    endpoint = json.loads((serve_env["base"] / "state" / "jobs" / "broken" / "endpoint.json").read_text())
-    assert endpoint["state"] == "failed"
+    endpoint = serve_env["base"] / "state" / "jobs" / "broken" / "endpoint.json"
+    deadline = time.time() + 30  # `kit wait` returns at the failure; the job then cleans up
+    while time.time() < deadline and json.loads(endpoint.read_text())["state"] == "stopping":
+        time.sleep(0.2)
+    assert json.loads(endpoint.read_text())["state"] == "failed"
 
 
 def test_nothing_is_submitted_on_bad_input(serve_env, tmp_path):
-    def count_jobs():
-        return len(subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.splitlines())
+    def count_jobs():  # this test's jobs: those working in its state dir (others may share the cluster)
+        out = subprocess.run(["squeue", "-h", "-o", "%Z"], capture_output=True, text=True).stdout
+        return sum(line.startswith(str(serve_env["base"])) for line in out.splitlines())
 
     jobs_dir = serve_env["base"] / "state" / "jobs"
     before = (count_jobs(), sorted(p.name for p in jobs_dir.iterdir()))
@@ -400,57 +459,3 @@ def test_an_interrupted_submit_that_queued_nothing_leaves_nothing(serve_env, tmp
     assert code == 130 and f"nothing was queued for {name}" in err, err
     assert not job_dir.exists() and queued_ids(name) == []
 
-
-def sample_path(path: str) -> str:
-    """A concrete request path for a table entry (`{name}` and `*rest` filled in)."""
-    import re
-
-    return re.sub(r"\{[^}/]+\}|\*\w+$", "x", path)
-
-
-def every_route_through_the_job(url: str, engine: str, key: str) -> dict:
-    """{(method, path): (status without a key, status with the job's key)} over the engine's whole
-    route table (the pinned version's, tests/engine_routes.yaml)."""
-    from standin import routes
-
-    out = {}
-    for route in routes.table(engine):
-        method = "POST" if route.method == "ANY" else route.method
-        path = sample_path(route.path)
-        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
-        statuses = []
-        for k in (None, key):
-            req = urllib.request.Request(url + path, method=method, data=body, headers={"Content-Type": "application/json"})
-            if k:
-                req.add_header("Authorization", f"Bearer {k}")
-            try:
-                with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
-                    statuses.append(resp.status)
-            except urllib.error.HTTPError as e:
-                statuses.append(e.code)
-        out[(method, path)] = tuple(statuses)
-    return out
-
-
-@pytest.mark.parametrize("engine", ["tgi", "vllm"])
-def test_every_route_of_the_pinned_engine_but_health_needs_the_key(serve_env, tgi_job, engine):
-    """Through the real job on Slurm: without the key, every route of the engine's real route
-    table is refused (401) except GET /health; with it, none is."""
-    if engine == "tgi":
-        job, name = tgi_job, "tgi-one"
-    else:
-        record = submit(serve_env, "--engine", "vllm", "--name", "vllm-routes")
-        r = run(serve_env, "wait", "vllm-routes", "--timeout", "120")
-        assert r.code == 0, r.err
-        job, name = dict(record, url=r.out.strip()), "vllm-routes"
-    try:
-        statuses = every_route_through_the_job(job["url"], engine, key_of(serve_env, name))
-    finally:
-        if engine == "vllm":
-            run(serve_env, "stop", "vllm-routes")
-    assert statuses.pop(("GET", "/health")) == (200, 200)
-    assert len(statuses) > 10
-    refused = {route: s for route, s in statuses.items() if s[0] != 401}
-    assert refused == {}, refused
-    let_through = {route: s for route, s in statuses.items() if s[1] == 401}
-    assert let_through == {}, let_through

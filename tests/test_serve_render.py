@@ -201,3 +201,25 @@ def test_the_job_waits_for_the_engines_filtered_output(fixed_env, monkeypatch, e
     assert end.index('kit_stop "$KIT_REDACT_PID"') < end.index("exited with status")  # the engine ended
     cleanup = script.split("kit_cleanup() {")[1].split("\n}")[0]
     assert 'kit_stop "$KIT_REDACT_PID"' in cleanup  # a stop signal
+
+
+def test_kit_never_renders_a_short_option(fixed_env, monkeypatch):
+    """Long flags only: TGI 3.3.7's -p is declared by both --port and --prometheus-port."""
+    monkeypatch.setattr("kit.jobs.serve.ensure_writable", lambda root: None)
+    flags = pinned_flags()
+    assert flags["tgi"]["short"]["-g"] == "--graceful-termination-timeout"
+    assert flags["tgi"]["short"]["-p"] == ["--port", "--prometheus-port"]
+    for engine in ("tgi", "vllm"):
+        short = set(flags[engine]["short"])
+        for long_forms in flags[engine]["short"].values():
+            for long_form in long_forms if isinstance(long_forms, list) else [long_forms]:
+                assert long_form in flags[engine]["flags"], long_form
+        for site_name, account in SITES.items():
+            for options in ({}, {"quantize": "bitsandbytes-nf4"}, {"quantize": "fp8", "gpus": 2}):
+                job = build_job(load_site(site_name).site, engine, model_id="Qwen/Qwen2.5-32B-Instruct",
+                                account=account, **options)
+                argv = engine_command(job.script)
+                rest = argv[next(i for i, a in enumerate(argv) if a.endswith(".sif")) + 1:]
+                options_given = [a for a in rest if a.startswith("-")]
+                assert options_given and all(a.startswith("--") for a in options_given), options_given
+                assert not short & set(rest), short & set(rest)

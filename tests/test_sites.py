@@ -31,9 +31,9 @@ def test_packaged_quest_matches_the_research():
     gengpu = site.partitions["gengpu"]
     assert list(gengpu.gpu_tiers) == ["a100-40", "a100-80", "h100"]
     a40, a80, h100 = gengpu.gpu_tiers.values()
-    assert (a40.gres, a40.constraint, a40.memory_gb, a40.gpus_per_node) == ("a100", "pcie", 40, 2)
-    assert (a80.gres, a80.constraint, a80.memory_gb, a80.gpus_per_node) == ("a100", "sxm", 80, 4)
-    assert (h100.gres, h100.constraint, h100.memory_gb, h100.gpus_per_node) == ("h100", "sxm", 80, 4)
+    assert (a40.gres, a40.constraint, a40.memory_gib, a40.gpus_per_node) == ("a100", "pcie", 40, 2)
+    assert (a80.gres, a80.constraint, a80.memory_gib, a80.gpus_per_node) == ("a100", "sxm", 80, 4)
+    assert (h100.gres, h100.constraint, h100.memory_gib, h100.gpus_per_node) == ("h100", "sxm", 80, 4)
     assert site.limits.gpus_per_user == 8 and gengpu.max_walltime == "2-00:00:00"
     assert {"gengpu-long", "short", "normal", "long"} <= set(site.partitions)
     assert site.runtime.module.startswith("singularityce/") and site.network.port_range == (7000, 11000)
@@ -44,7 +44,7 @@ def test_packaged_quest_matches_the_research():
 def test_packaged_klc_matches_the_research():
     site = load_site("klc").site
     tiers = site.partitions["kellogg"].gpu_tiers
-    assert {n: (t.memory_gb, t.gpus_per_node) for n, t in tiers.items()} == {
+    assert {n: (t.memory_gib, t.gpus_per_node) for n, t in tiers.items()} == {
         "l40s": (48, 2), "a100-80": (80, 1), "h100": (80, 4)}
     assert site.account.default == "kellogg" and site.defaults.gpu_partition == "kellogg"
 
@@ -162,7 +162,7 @@ def test_sites_list_and_show():
     assert "gengpu, gengpu-long" in show.out and "a100-40" in show.out and "Assumed values" in show.out
     assert "39.6 *" in show.out  # assumed values are marked in the table
     data = kit("sites", "show", "klc", "--json").json()
-    assert data["partitions"]["kellogg"]["gpu_tiers"]["l40s"]["memory_gb"] == 48
+    assert data["partitions"]["kellogg"]["gpu_tiers"]["l40s"]["memory_gib"] == 48
 
 
 # --- `kit sites check` against the live local Slurm ------------------------------------------
@@ -220,6 +220,59 @@ def test_check_reports_each_drift(slurm_cluster, layers):
     assert len(keys) == 5
     human = kit("sites", "check", "quest", env=env)
     assert human.code == 1 and "5 drift(s)" in human.out
+
+
+@pytest.mark.slurm
+def test_check_compares_node_memory_in_mib(slurm_cluster, layers):
+    """RealMemory is MiB; mem_per_node_gib is GiB installed: 1024 MiB each, RealMemory 85-100 % of it."""
+    system, user, env = layers
+    local_overrides(user, slurm_cluster)
+    real = {n.name: n.real_memory_mb for n in slurm_cluster.nodes.values()}
+    assert real["qgpu2001"] == 192000 and real["qgpu3001"] == real["qgpu2002"] == 1000000  # MiB, cluster.conf
+    data = yaml.safe_load((user / "quest.yaml").read_text())
+    tiers = data["partitions"]["gengpu"]["gpu_tiers"]
+    tiers["a100-40"]["mem_per_node_gib"] = 192   # 192000 MiB = 187.5 GiB: 97.7 % of 192 GiB
+    tiers["h100"]["mem_per_node_gib"] = 900      # 1000000 MiB = 976.6 GiB: more than is installed
+    tiers["a100-80"]["mem_per_node_gib"] = 1160  # 976.6 GiB is 84.2 % of 1160 GiB: too little
+    (user / "quest.yaml").write_text(yaml.safe_dump(data))
+    r = kit("sites", "check", "quest", "--json", env=env)
+    keys = {d["key"]: d["message"] for d in r.json()["drift"]}
+    assert r.code == 1 and set(keys) == {"partitions.gengpu.gpu_tiers.h100.mem_per_node_gib",
+                                         "partitions.gengpu.gpu_tiers.a100-80.mem_per_node_gib"}, keys
+    h100 = keys["partitions.gengpu.gpu_tiers.h100.mem_per_node_gib"]
+    assert "900 GiB (921600 MiB)" in h100 and "1000000 MiB (976.6 GiB)" in h100 and "qgpu3001" in h100
+    tiers["h100"]["mem_per_node_gib"], tiers["a100-80"]["mem_per_node_gib"] = 977, 1148  # both ends, inside
+    (user / "quest.yaml").write_text(yaml.safe_dump(data))
+    assert kit("sites", "check", "quest", env=env).code == 0
+
+
+@pytest.mark.parametrize("where, old, new", [
+    ("defaults", "mem_per_gpu_gb", "mem_per_gpu_gib"),
+    ("partitions.gengpu.gpu_tiers.a100-40", "mem_per_node_gb", "mem_per_node_gib"),
+    ("partitions.gengpu.gpu_tiers.h100", "memory_gb", "memory_gib"),
+])
+def test_a_memory_key_by_its_old_name_names_the_new_one(layers, where, old, new):
+    system, user, env = layers
+    layer: dict = {}
+    node = layer
+    for key in where.split("."):
+        node = node.setdefault(key, {})
+    node[old] = 80
+    (user / "quest.yaml").write_text(yaml.safe_dump(layer))
+    r = kit("sites", "show", "quest", env=env)
+    line = r.error_line
+    assert r.code != 0 and str(user / "quest.yaml") in line
+    assert f"{where}.{old}: renamed {new}" in line and "GiB" in line
+
+
+def test_host_memory_is_asked_in_gib(layers):
+    from kit.jobs.spec import host_resources
+
+    system, user, env = layers
+    plan = {"partition": "gengpu", "gpu_type": "a100-40", "gpus": 2, "nodes": 1}
+    assert host_resources(load_site("quest").site, plan) == (16, 128)  # 2 x 64 GiB: --mem=128G
+    (user / "quest.yaml").write_text("defaults: {mem_per_gpu_gib: 100}\n")
+    assert host_resources(load_site("quest").site, plan) == (16, 172)  # capped at 90 % of the node's 192 GiB
 
 
 def test_check_without_slurm_is_one_clear_line(tmp_path):

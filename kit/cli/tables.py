@@ -204,3 +204,6 @@ def images_table(rows: list[dict], site: str | None) -> None:
             cells.append(r["local"])
         table.add_row(*cells)
     console.print(table)
+    for r in rows:
+        if r.get("unverified"):
+            console.print(f"[yellow]unverified:[/yellow] {r['image']} {r['version']}: {r['unverified']}")

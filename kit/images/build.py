@@ -7,7 +7,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.fs import writable_dir
-from kit.images.definition import check_agreement
+from kit.images.definition import check_agreement, missing_files_sources
 from kit.images.lock import load_lock, record_sif, writable_file
 from kit.images.runtime import call_runtime, runtime_binary, runtime_version, spython_env
 from kit.images.store import image_dir, partial_file, verify_file
@@ -17,6 +17,12 @@ def build(site, name: str, *, account: str | None = None, to: str | None = None,
     lock = load_lock()
     entry = lock.entry(name)
     definition = check_agreement(lock, name)
+    build_dir = lock.path.parent.parent  # %files paths in the defs are relative to the repository root
+    missing = missing_files_sources(definition, build_dir)
+    if missing:
+        raise KitError(f"{definition.path}: %files needs {', '.join(missing)} in {build_dir}, which has none: build "
+                       f"{name} from a kit source checkout (`kit images build {name}` in the repository root, "
+                       f"or KIT_IMAGES_LOCK=<checkout>/containers/images.lock), not from an installed kit")
     runtime = runtime_binary(site)
     if not site.runtime.fakeroot:
         raise KitError(f"{site.name} does not allow unprivileged builds (runtime.fakeroot: false): build on a machine "
@@ -31,9 +37,8 @@ def build(site, name: str, *, account: str | None = None, to: str | None = None,
     with partial_file(out_dir, entry["sif"]) as partial:
         with spython_env(site, runtime, account):
             version = runtime_version()
-            # %files paths in the defs are relative to the repository root.
             call_runtime(runtime, ["build", "--fakeroot", "--force", str(partial), str(definition.path)],
-                         f"building {name}", cwd=lock.path.parent.parent)
+                         f"building {name}", cwd=build_dir)
         if not partial.is_file():
             raise KitError(f"building {name} failed: the runtime wrote no image")
         partial.replace(out)

@@ -87,20 +87,22 @@ def parse_def(path: Path) -> DefFile:
     return DefFile(path, header, sections)
 
 
-def check_agreement(lock: Lock, name: str) -> DefFile:
-    """The def and the lock entry name the same upstream, digest and CUDA version."""
+def check_agreement(lock: Lock, name: str, digest: bool = True) -> DefFile:
+    """The def and the lock entry name the same upstream, digest and CUDA version (``digest=False``:
+    all but the digest, which `kit images lock` is about to rewrite in both)."""
     entry = lock.entry(name)
     d = parse_def(lock.def_path(name))
-    image, _, digest = d.header["From"].partition("@")
+    image, _, from_digest = d.header["From"].partition("@")
     problems = []
     if image != entry["upstream"]:
         problems.append(f"From: {image} vs upstream {entry['upstream']}")
-    if (digest or "unresolved") != entry["digest"]:
-        problems.append(f"From: digest {digest or 'none'} vs digest {entry['digest']}")
+    if digest and (from_digest or "unresolved") != entry["digest"]:
+        problems.append(f"From: digest {from_digest or 'none'} vs digest {entry['digest']} (`kit images lock {name}` "
+                        f"rewrites both)")
     labels = d.labels
     if labels["org.kit.upstream"] != entry["upstream"]:
         problems.append(f"label org.kit.upstream {labels['org.kit.upstream']}")
-    if labels["org.kit.upstream.digest"] != entry["digest"]:
+    if digest and labels["org.kit.upstream.digest"] != entry["digest"]:
         problems.append(f"label org.kit.upstream.digest {labels['org.kit.upstream.digest']}")
     cuda = None if labels["org.kit.cuda"] == "none" else labels["org.kit.cuda"]
     if cuda != (str(entry["cuda"]) if entry["cuda"] is not None else None):
@@ -108,4 +110,21 @@ def check_agreement(lock: Lock, name: str) -> DefFile:
     if problems:
         raise KitError(f"{d.path} and {lock.path} disagree for {name}: {'; '.join(problems)}")
     return d
+
+
+def files_sources(d: DefFile) -> list[str]:
+    """The source paths of the def's %files lines (relative to the build directory)."""
+    sources = []
+    for line in d.sections.get("%files", []):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            sources.append(stripped.split()[0])
+    return sources
+
+
+def missing_files_sources(d: DefFile, build_dir: Path) -> list[str]:
+    """%files sources absent from the build directory (an installed kit bundles containers/ but
+    has no pyproject.toml or source tree to copy)."""
+    return [src for src in files_sources(d)
+            if not (any(build_dir.glob(src)) if any(c in src for c in "*?[") else (build_dir / src).exists())]
 

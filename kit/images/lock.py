@@ -1,6 +1,7 @@
 """The image lock (containers/images.lock, or $KIT_IMAGES_LOCK): each image's upstream
 reference and digest and, once built, the SIF's sha256. Writes go through a temp file; the
-lock is always written last, so a failure part-way leaves it as it was."""
+lock and the defs it pins are written together (kit.fs.replace_together), so a failure
+part-way leaves them as they were."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kit.resources import bundled_dir
 
 LOCK_KEYS = ("def", "version", "upstream", "digest", "cuda", "sif", "sif_sha256", "sif_size", "runtime_version", "built",
              "pushed")
+OPTIONAL_KEYS = ("unverified",)  # why the upstream tag is not confirmed to exist; removed once its digest resolves
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -48,11 +50,14 @@ class Lock:
     def def_path(self, name: str) -> Path:
         return self.path.parent / self.entry(name)["def"]
 
-    def save(self) -> None:
+    def render(self) -> str:
         import yaml
 
         header = "".join(line for line in self.path.read_text().splitlines(keepends=True) if line.startswith("#"))
-        write_atomic(self.path, header + yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False))
+        return header + yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False)
+
+    def save(self) -> None:
+        write_atomic(self.path, self.render())
 
 
 def writable_file(path: Path) -> None:
@@ -76,9 +81,13 @@ def load_lock(path: Path | None = None) -> Lock:
         missing = [k for k in LOCK_KEYS if k not in entry]
         if missing:
             raise KitError(f"{path}: images.{name}.{missing[0]}: required key is missing")
-        unknown = [k for k in entry if k not in LOCK_KEYS]
+        unknown = [k for k in entry if k not in LOCK_KEYS + OPTIONAL_KEYS]
         if unknown:
-            raise KitError(f"{path}: images.{name}.{unknown[0]}: unknown key (allowed: {', '.join(LOCK_KEYS)})")
+            raise KitError(f"{path}: images.{name}.{unknown[0]}: unknown key "
+                           f"(allowed: {', '.join(LOCK_KEYS + OPTIONAL_KEYS)})")
+        if entry.get("unverified") is not None and entry["digest"] != "unresolved":
+            raise KitError(f"{path}: images.{name}.unverified: the digest is resolved, so the tag exists: remove "
+                           f"unverified (`kit images lock {name}` does)")
         if entry["digest"] != "unresolved" and not DIGEST.match(str(entry["digest"])):
             raise KitError(f"{path}: images.{name}.digest: {entry['digest']!r} is neither 'unresolved' nor sha256:<64 hex>")
         if entry["sif_sha256"] is not None and not re.match(r"^[0-9a-f]{64}$", str(entry["sif_sha256"])):
@@ -105,7 +114,10 @@ def record_sif(lock: Lock, name: str, sif: Path, version: str | None) -> dict:
 
 
 def lock_digests(names: list[str]) -> list[tuple[str, str, str]]:
-    """Resolve each image's upstream digest; write the lock and the defs only when all resolved."""
+    """Resolve each image's upstream digest; then write the defs and the lock together, only
+    when all resolved (kit.fs.replace_together). The digests of a def and its lock entry need
+    not agree beforehand: a rerun repairs whatever an interrupted run left (both are rewritten)."""
+    from kit.fs import replace_together
     from kit.images.definition import check_agreement
     from kit.images.registry import resolve_digest
 
@@ -114,17 +126,21 @@ def lock_digests(names: list[str]) -> list[tuple[str, str, str]]:
     resolved = []
     for name in names:
         entry = lock.entry(name)
-        check_agreement(lock, name)
+        check_agreement(lock, name, digest=False)
+        writable_file(lock.def_path(name))
         resolved.append((name, entry["digest"], resolve_digest(entry["upstream"])))
-    for name, _, digest in resolved:  # every def first, each through a temp file; the lock last
+    files = []
+    for name, _, digest in resolved:
         entry = lock.entry(name)
         path = lock.def_path(name)
         text = path.read_text()
         text = re.sub(r"(?m)^From:.*$", f"From: {entry['upstream']}@{digest}", text, count=1)
         text = re.sub(r"(?m)^(\s*org\.kit\.upstream\.digest)\s+\S+\s*$", rf"\g<1> {digest}", text, count=1)
-        write_atomic(path, text)
+        files.append((path, text))
         entry["digest"] = digest
-    lock.save()
+        entry.pop("unverified", None)  # the registry has the tag: it is verified now
+    files.append((lock.path, lock.render()))
+    replace_together(files)
     return resolved
 
 

@@ -97,7 +97,8 @@ def image_rows(site=None, account: str | None = None) -> list[dict]:
     rows = []
     for name, entry in load_lock().images.items():
         row = {"image": name, "version": entry["version"], "upstream": entry["upstream"], "digest": entry["digest"],
-               "cuda": entry["cuda"], "sif": entry["sif"], "sif_sha256": entry["sif_sha256"]}
+               "cuda": entry["cuda"], "sif": entry["sif"], "sif_sha256": entry["sif_sha256"],
+               "unverified": entry.get("unverified")}
         if site is not None:
             path = local_image(site, entry, account)
             row.update(path=str(path), local=verify_file(path, entry))

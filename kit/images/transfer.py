@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.fs import writable_dir
-from kit.images.lock import load_lock, sha256_of
+from kit.images.lock import load_lock, sha256_of, writable_file
 from kit.images.runtime import call_runtime, runtime_binary, spython_env
 from kit.images.store import image_dir, local_image, partial_file, verify_file
 
@@ -71,6 +71,7 @@ def push(site, name: str, *, account: str | None = None, ref: str | None = None)
     state = verify_file(path, entry)
     if state != "verified":
         raise KitError(f"{path}: {state}; only an image that matches {lock.path} is pushed")
+    writable_file(lock.path)  # before pushing: a push the lock cannot record is a push nobody can find
     runtime = runtime_binary(site)
     call_runtime(runtime, ["push", str(path), target], f"push to {target}")  # spython has no push
     entry["pushed"] = {"ref": target, "sha256": entry["sif_sha256"], "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}

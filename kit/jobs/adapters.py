@@ -89,12 +89,14 @@ def adapter_specs(refs: list[str], engine: dict, site=None, account: str | None 
     and passed as name=path; other Hub ids are passed for the engine to download, in the form
     engines.yaml gives (TGI takes a bare id: `name=...` means a local path), which needs a job
     that is not offline. A local adapter trained on another base than ``model`` is an error."""
-    from kit.models.resolve import find_cached
+    from kit.models.resolve import find_cached, missing_weights
 
     adapters, ranks, warnings = [], [], []
     for ref in refs:
         local = Path(ref).expanduser()
-        snapshot = None if local.exists() or not HUB_ID.match(ref) else find_cached(ref, site, account)
+        snapshot = None if local.exists() or not HUB_ID.match(ref) else find_cached(ref, site, account, "adapter")
+        if snapshot is not None and (missing := missing_weights(snapshot, "adapter")):
+            raise KitError(f"--adapter {ref}: the cached snapshot has {missing}: `kit models pull {ref}` first")
         if local.exists():
             path = bind_root = local.resolve()
             name = path.name

@@ -32,11 +32,12 @@ def facts() -> dict:
 
 
 def plan_options(cfg) -> dict:
-    """The planner's options from a training config."""
+    """The planner's options from a training config (the trainer's choices that change memory too)."""
     targets = cfg.lora.target_modules
     return dict(method=cfg.method, seq_len=cfg.training.seq_len, batch_size=cfg.training.batch_size,
                 grad_ckpt=cfg.training.gradient_checkpointing, optimizer=cfg.training.optimizer, lora_r=cfg.lora.r,
-                lora_targets=targets if isinstance(targets, str) else ",".join(targets))
+                lora_targets=targets if isinstance(targets, str) else ",".join(targets),
+                trainer={"attention": cfg.training.attn_implementation, "lora_dropout": cfg.lora.dropout > 0})
 
 
 def job_config(cfg, model_path: str) -> str:
@@ -101,6 +102,9 @@ def build(site, cfg, config_path: Path, model, plan: dict, *, account: str | Non
     config = str(config_path)
     if not plan["fits"]:
         raise not_fitting(config, model.name, site, plan)
+    if plan["nodes"] > 1:
+        raise KitError(f"{config}: {model.name} needs {plan['gpus']}x {plan['gpu_type']} on {plan['nodes']} nodes; "
+                       f"kit's fine-tuning job runs on one node (give --gpu a larger tier, or method: qlora)")
     f = facts()
     account = require_account(site, account)
     limit = walltime(site, plan["partition"], time)

@@ -25,7 +25,10 @@ STOP_GRACE_S = 25  # below Slurm's default KillWait (30 s); TGI gets 5 s less fo
 
 def placement(model: ModelInfo) -> dict:
     """How the job reaches the weights: a local directory or cached snapshot (bound read-only,
-    served offline), else the Hub id (the engine downloads it: a compute node may be offline)."""
+    served offline), else the Hub id (the engine downloads it: a compute node may be offline).
+    A cached snapshot without its weights (only metadata) is no model: nothing is submitted."""
+    if model.source == "cache" and model.missing_weights:
+        raise KitError(f"{model.name}: the cached snapshot has {model.missing_weights}: `kit models pull {model.name}` first")
     if model.source in ("local", "cache"):
         path = Path(model.location).resolve() if model.source == "local" else Path(model.location)
         bind_root = path if model.source == "local" else path.parent.parent  # models--org--name: blobs too

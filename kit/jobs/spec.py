@@ -74,9 +74,9 @@ def host_resources(site, plan: dict) -> tuple[int, int]:
     cpus = site.defaults.cpus_per_gpu * per_node
     if tier.cpus_per_node:
         cpus = min(cpus, tier.cpus_per_node)
-    mem = site.defaults.mem_per_gpu_gb * per_node
-    if tier.mem_per_node_gb:
-        mem = min(mem, int(tier.mem_per_node_gb * 0.9))
+    mem = site.defaults.mem_per_gpu_gib * per_node  # GiB, as Slurm reads --mem=NG
+    if tier.mem_per_node_gib:
+        mem = min(mem, int(tier.mem_per_node_gib * 0.9))
     return cpus, mem
 
 

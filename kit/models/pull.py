@@ -8,12 +8,11 @@ never printed.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from kit.errors import KitError
 from kit.fs import writable_dir
-from kit.models.hub import hub_errors, hub_reachable
+from kit.models.hub import hub_endpoint, hub_errors, hub_reachable
 from kit.models.resolve import HUB_ID
 
 
@@ -22,7 +21,7 @@ def pull(repo_id: str, to: str, *, revision: str | None = None, allow_patterns: 
         raise KitError(f"model {repo_id!r}: kit models pull takes a Hub id like org/name")
     cache = writable_dir(Path(to).expanduser(), "--to")
     if not hub_reachable():
-        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        endpoint = hub_endpoint()
         from huggingface_hub import constants
 
         reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"{endpoint} does not answer"
@@ -30,7 +29,7 @@ def pull(repo_id: str, to: str, *, revision: str | None = None, allow_patterns: 
                        f"with internet access")
     from huggingface_hub import snapshot_download
 
-    with hub_errors(repo_id, revision, "download failed"):
+    with hub_errors(repo_id, revision, "download failed", "run `kit models pull` again (it resumes)"):
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=str(cache), allow_patterns=allow_patterns))
 
 

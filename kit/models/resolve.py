@@ -16,7 +16,7 @@ from pathlib import Path
 from kit.errors import KitError
 from kit.models import catalog
 from kit.models.arch import Layout, UnsupportedArchitecture, layout_from_config, max_context
-from kit.models.hub import hub_errors, hub_reachable
+from kit.models.hub import HubUnreachable, hub_errors, hub_reachable
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SERVE_DTYPES = ("bfloat16", "float16")
@@ -36,6 +36,9 @@ class ModelInfo:
     max_context: int | None
     quantization: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    # A cached snapshot may hold only metadata (planning a Hub model downloads its config.json):
+    # why its weights are not all there, else None. A job cannot serve such a snapshot.
+    missing_weights: str | None = None
 
     def require_layout(self) -> Layout:
         if self.layout is None:
@@ -55,6 +58,7 @@ class ModelInfo:
             "dtype": self.dtype,
             "max_context": self.max_context,
             "quantization": (self.quantization or {}).get("quant_method"),
+            "missing_weights": self.missing_weights,
         }
         if lay is not None:
             out.update(
@@ -117,6 +121,9 @@ def resolve(name: str, site=None, account: str | None = None, *, use_hub: bool |
     if use_hub if use_hub is not None else hub_reachable():
         try:
             return from_hub(name)
+        except HubUnreachable:
+            if catalog.lookup(name) is None:
+                raise
         except KitError as e:
             hub_error = str(e)
     entry = catalog.lookup(name)
@@ -126,19 +133,49 @@ def resolve(name: str, site=None, account: str | None = None, *, use_hub: bool |
     raise KitError(f"unknown model {name!r}: {where}and not in kit's catalog (see `kit models list`)")
 
 
-def find_cached(repo_id: str, site=None, account: str | None = None) -> Path | None:
-    """The repo's snapshot in the first shared cache that has it (see cache_dirs)."""
-    return next((snap for cache in cache_dirs(site, account) if (snap := cached_snapshot(repo_id, cache))), None)
+# What a cached snapshot must hold to be served, by kind: the file that names it, and its weights.
+SNAPSHOT_CONFIG = {"model": "config.json", "adapter": "adapter_config.json"}
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # PEFT's names; both engines read either
 
 
-def cached_snapshot(repo_id: str, cache_dir: Path) -> Path | None:
+def find_cached(repo_id: str, site=None, account: str | None = None, kind: str = "model") -> Path | None:
+    """The repo's snapshot in the shared caches (see cache_dirs): the first whose weights are
+    all there, else the first that has only its metadata (see missing_weights)."""
+    found = [snap for cache in cache_dirs(site, account) if (snap := cached_snapshot(repo_id, cache, kind))]
+    return next((snap for snap in found if missing_weights(snap, kind) is None), found[0] if found else None)
+
+
+def cached_snapshot(repo_id: str, cache_dir: Path, kind: str = "model") -> Path | None:
     """The snapshot directory of a repo in an HF cache (``models--org--name/snapshots/REV``)."""
     if not (cache_dir / ("models--" + repo_id.replace("/", "--"))).is_dir():
         return None  # not cached: skip importing huggingface_hub (~0.3 s on a login node)
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=str(cache_dir))
+    found = try_to_load_from_cache(repo_id, SNAPSHOT_CONFIG[kind], cache_dir=str(cache_dir))
     return Path(found).parent if isinstance(found, str) else None
+
+
+def missing_weights(snapshot: Path, kind: str = "model") -> str | None:
+    """Why a snapshot is not a servable model (or adapter), else None: a model needs every
+    shard its safetensors index names, or (unsharded) its safetensors files; an adapter needs
+    its adapter weights. Files of an HF cache are links to blobs: a missing blob counts as absent."""
+    if kind == "adapter":
+        return None if any((snapshot / f).is_file() for f in ADAPTER_WEIGHTS) else \
+            f"no adapter weights ({' or '.join(ADAPTER_WEIGHTS)})"
+    index = snapshot / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            return f"an unreadable {index.name}"
+        absent = [s for s in shards if not (snapshot / s).is_file()]
+        if absent:
+            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+            return f"{len(absent)} of {len(shards)} weight shards missing ({absent[0]}{more})"
+        return None
+    if any(p.is_file() for p in snapshot.glob("*.safetensors")):
+        return None
+    return "no weight files (*.safetensors), only metadata"
 
 
 def load_config(path: Path) -> dict:
@@ -177,7 +214,10 @@ def from_directory(directory: Path, name: str, source: str) -> ModelInfo:
         layout = layout_from_config(cfg, str(config_path))
     except UnsupportedArchitecture as e:
         layout, warnings = None, [str(e)]
-    counted = count_parameters(directory, cfg.get("tie_word_embeddings", layout.tied_embeddings if layout else None))
+    # A cached snapshot may hold only metadata (or some shards): plan from its config alone.
+    missing = missing_weights(directory) if source == "cache" else None
+    tied = cfg.get("tie_word_embeddings", layout.tied_embeddings if layout else None)
+    counted = None if missing else count_parameters(directory, tied)
     quant = cfg.get("quantization_config")
     if layout is not None and (counted is None or quant):
         # Quantized checkpoints pack several weights per stored element: count from the config.
@@ -194,14 +234,21 @@ def from_directory(directory: Path, name: str, source: str) -> ModelInfo:
         warnings[0] += f"; parameters counted from safetensors headers ({params:,})"
         if quant:
             warnings.append(f"{directory}: a quantized checkpoint: the stored count is of packed tensors")
-    return make_info(name, source, str(directory), cfg, layout, params, active, params_from, warnings)
+    if missing:
+        warnings.append(f"{name}: the cached snapshot {directory} has {missing}: metadata for planning only; "
+                        f"`kit models pull {name}` before serving it")
+    info = make_info(name, source, str(directory), cfg, layout, params, active, params_from, warnings)
+    info.missing_weights = missing
+    return info
 
 
 def from_hub(repo_id: str) -> ModelInfo:
-    from huggingface_hub import get_safetensors_metadata, hf_hub_download
+    from huggingface_hub import constants, get_hf_file_metadata, get_safetensors_metadata, hf_hub_download, hf_hub_url
     from huggingface_hub.errors import HfHubHTTPError, NotASafetensorsRepoError, SafetensorsParsingError
 
     with hub_errors(repo_id):
+        # One quick look first: when that fails, hf_hub_download retries for minutes (60 s timeouts).
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT)
         cfg = load_config(Path(hf_hub_download(repo_id, "config.json")))
         try:
             meta = get_safetensors_metadata(repo_id)

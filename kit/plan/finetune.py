@@ -30,7 +30,8 @@ def parse_targets(layout: Layout, targets: str) -> list[str] | None:
 def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len: int | None = None,
                   batch_size: int | None = None, grad_ckpt: bool | None = None, lora_r: int | None = None,
                   lora_targets: str | None = None, optimizer: str | None = None, partition: str | None = None,
-                  gpu: str | None = None, gpus: int | None = None, suggest: bool = True) -> dict:
+                  gpu: str | None = None, gpus: int | None = None, trainer: dict | None = None,
+                  suggest: bool = True) -> dict:
     """The cheapest allocation that fits; when none does, ``suggestion`` names the cheapest change
     that would (kit.plan.fixes; ``suggest=False`` leaves it out)."""
     d = constants()["finetune"]["defaults"]
@@ -60,7 +61,8 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
     def evaluate(option: Option) -> tuple[Breakdown, str | None]:
         b = finetune_breakdown(layout, n=option.gpus, method=method, seq_len=seq_len, batch_size=batch_size,
                                grad_ckpt=grad_ckpt, trainable=trainable, optimizer=optimizer,
-                               gpu_gib=option.tier.usable_gib)
+                               gpu_gib=option.tier.usable_gib, lora_r=lora_r if adapters else 0,
+                               lora_targets=targets, trainer=trainer)
         if b.total > b.usable:
             top = max(b.terms, key=b.terms.get)
             return b, f"needs {gib(b.total)} per GPU, usable {gib(b.usable)}; largest term: {top} {gib(b.terms[top])}"
@@ -86,7 +88,8 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
         from kit.plan.fixes import cheapest_fix, describe
 
         options = dict(method=method, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt, lora_r=lora_r,
-                       lora_targets=lora_targets, optimizer=optimizer, partition=partition, gpu=gpu, gpus=gpus)
+                       lora_targets=lora_targets, optimizer=optimizer, partition=partition, gpu=gpu, gpus=gpus,
+                       trainer=trainer)
         fix = cheapest_fix(options, lambda o: plan_finetune(model, site, **o, suggest=False))
         if fix is None:
             result["suggestion"] = {"text": "no change of checkpointing, GPUs, method, optimizer or sequence length "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.errors import KitError
 from kit.models.arch import Layout
 from kit.resources import packaged_yaml
 
@@ -115,40 +116,124 @@ def lora_trainable(layout: Layout, r: int, targets: list[str] | None) -> int:
     return layout.num_layers * sum(r * (lin.d_in + lin.d_out) * max(1, lin.experts) for lin in chosen)
 
 
-def finetune_breakdown(layout: Layout, *, n: int, method: str, seq_len: int, batch_size: int, grad_ckpt: bool,
-                       trainable: int, optimizer: str, gpu_gib: float) -> Breakdown:
-    """Peak per GPU: weights + gradients + optimizer + activations + logits + context + fragmentation.
-
-    With n > 1 kit plans FSDP full sharding: weights, gradients and optimizer states divide by n;
-    activations and logits are per micro-batch on every GPU (memory.md §4.2)."""
+def trainer_settings(overrides: dict | None = None) -> dict:
+    """How kit's trainer runs (memory.yaml ``finetune.trainer``), with a config's overrides checked:
+    what the planner cannot model is refused with the reason."""
     c = constants()["finetune"]
-    params = layout.params
+    settings = dict(c["trainer"])
+    for key, value in (overrides or {}).items():
+        if key not in settings:
+            raise KitError(f"fine-tune setting {key}: unknown to the memory plan (allowed: {', '.join(settings)})")
+        settings[key] = value
+    if settings["attention"] not in c["attention"]:
+        raise KitError(f"attention {settings['attention']}: kit's trainer uses {' or '.join(c['attention'])} "
+                       f"(eager attention keeps batch x heads x seq_len^2 scores per layer and is not planned)")
+    if settings["loss"] not in c["loss"]:
+        raise KitError(f"loss {settings['loss']}: allowed values are {', '.join(c['loss'])}")
+    if settings["cpu_offload"]:
+        raise KitError("cpu_offload: not planned: kit's trainer keeps weights, gradients and optimizer states on the "
+                       "GPU (offloading them to host memory is slow and its footprint unmeasured); use --method "
+                       "qlora, an 8-bit --optimizer or more GPUs")
+    return settings
+
+
+def finetune_breakdown(layout: Layout, *, n: int, method: str, seq_len: int, batch_size: int, grad_ckpt: bool,
+                       trainable: int, optimizer: str, gpu_gib: float, lora_r: int = 0,
+                       lora_targets: list[str] | None = None, trainer: dict | None = None,
+                       load_bytes: float | None = None, outputs_kept: bool = False) -> Breakdown:
+    """Peak per GPU of kit's trainer (memory.yaml ``finetune`` explains each constant).
+
+    peak = weights + gradients + optimizer states + the largest of three moments:
+      the loss (saved activations + the loss's vocab-wide tensors),
+      one layer's backward (gradients + saved activations + that layer's activations and
+        gradients + bitsandbytes' dequantized weight),
+      the optimizer step (gradients + the step's temporaries),
+    + CUDA context, NCCL buffers and allocator fragmentation. Terms: ``activations`` is the
+    layer-backward moment's activations, ``logits`` what the loss needs beyond it.
+
+    n > 1 is FSDP full sharding: weights, gradients and optimizer states divide by n, and each GPU
+    also holds the root unit and two decoder layers unsharded. ``load_bytes`` (weights loaded in
+    another dtype than bf16) and ``outputs_kept`` (a training loop that holds the model outputs,
+    and so the bf16 logits, through backward) describe measured runs of other scripts."""
+    c = constants()["finetune"]
+    s = trainer_settings(trainer)
+    h, inter = layout.hidden_size, active_intermediate(layout)
+    kv = layout.num_kv_heads * layout.head_dim
+    tokens = batch_size * seq_len
     opt = c["optimizers"][optimizer]
     base_quantization = c["methods"][method]["base_quantization"]
+    quantized = base_quantization not in (None, "none")
+    upcast = quantized and s["kbit_upcast"] and n == 1  # FSDP needs one storage dtype: no upcast
+    rest = layout.params - layout.linear_params  # embeddings, lm_head, norms: never quantized
+    q = quant_facts(base_quantization) if quantized else None
+    linear_bytes = (q["bytes"] + q.get("overhead", 0.0)) if quantized else 2
     if base_quantization is None:  # the base model itself is trained
-        weights = params * c["full_bytes"]["weights"]
-        grads = params * c["full_bytes"]["gradients"]
-        opt_bytes = opt.get("bytes", opt.get("states", 0) * c["full_bytes"]["weights"])
-    else:  # a frozen base (16-bit, or quantized as memory.yaml says) plus the adapters
-        opt_bytes = opt.get("bytes", opt.get("states", 0) * c["adapter_bytes"]["weights"])
-        base = weight_bytes(layout, 1, constants()["dtype_bytes"]["bfloat16"], base_quantization)
+        weights = layout.params * (load_bytes or c["full_bytes"]["weights"])
+        grads = layout.params * c["full_bytes"]["gradients"]
+        state_bytes = c["full_bytes"]["weights"]
+    else:  # a frozen base (16-bit, or quantized) plus the adapters
+        base = (layout.linear_params * linear_bytes + rest * (4 if upcast else 2) if quantized
+                else layout.params * (load_bytes or 2))
         weights = base + trainable * c["adapter_bytes"]["weights"]
         grads = trainable * c["adapter_bytes"]["gradients"]
-    tokens = batch_size * seq_len
-    act_coeff = c["activations"]
-    per_layer = tokens * 2 * (act_coeff["alpha"] * layout.hidden_size + act_coeff["beta"] * active_intermediate(layout))
-    if grad_ckpt:
-        activations = layout.num_layers * tokens * layout.hidden_size * 2 + per_layer
+        state_bytes = c["adapter_bytes"]["weights"]
+    opt_bytes = opt.get("bytes", opt.get("states", 0) * state_bytes)
+    step_tmp = trainable * state_bytes * opt.get("step_copies", 0) / n
+
+    # FSDP: the root unit and `unsharded_layers` layers gathered in bf16 (4-bit packed for QLoRA)
+    unsharded = unsharded_grads = comm = 0.0
+    layer_linear = sum(lin.params for lin in layout.layer_linears)
+    if n > 1:
+        root = (layout.embedding_params + layout.lm_head_params + layout.global_other) * 2
+        layer = layer_linear * linear_bytes + layout.layer_other * 2
+        unsharded = root + c["fsdp"]["unsharded_layers"] * layer
+        if base_quantization is None:
+            unsharded_grads = (layer_linear + layout.layer_other) * c["full_bytes"]["gradients"]
+        comm = c["fsdp"]["comm_buffers_gib"] * GIB
+
+    # activations per token and layer; fp32 residual stream when QLoRA upcasts (kbit_upcast)
+    a, bw = c["activations"], c["layer_backward"]
+    scale = 2 if upcast else 1
+    hidden = a["per_hidden"] + (a["trained_norms"] if base_quantization is None else 0)
+    per_layer = scale * (hidden * h + a["per_kv"] * kv + a["per_intermediate"] * inter)
+    if lora_r:
+        chosen = [lin for lin in layout.layer_linears if lora_targets is None or lin.name in lora_targets]
+        per_input = c["lora_input_bytes"] + (c["lora_dropout_mask_bytes"] if s["lora_dropout"] else 0)
+        per_layer += sum((per_input * lin.d_in + 4 * lora_r)
+                         * max(1, min(lin.experts, layout.experts_per_token or 1)) for lin in chosen)
+    backward = scale * (bw["per_hidden"] * h + bw["per_intermediate"] * inter)
+    if grad_ckpt:  # each layer's input is kept; one layer is recomputed during backward
+        saved = layout.num_layers * tokens * h * 2 * scale
+        layer_peak = tokens * (per_layer + backward)
     else:
-        activations = layout.num_layers * per_layer
+        saved = layout.num_layers * tokens * per_layer
+        layer_peak = tokens * backward
+    saved += c["attention"][s["attention"]]["mask_bytes"] * batch_size * seq_len ** 2
+    largest = max(lin.d_in * lin.d_out for lin in layout.layer_linears)
+    dequant = c["dequant_buffers"] * largest * 2 if quantized else 0.0
+
+    loss = c["loss"][s["loss"]]
+    if "bytes_per_vocab" in loss:
+        loss_peak = tokens * layout.vocab_size * (loss["bytes_per_vocab"] + (2 if outputs_kept else 0))
+    else:
+        loss_peak = min(tokens, loss["tile_tokens"]) * loss["tile_vocab"] * 2 + tokens * h * loss["hidden_grad_bytes"]
+
+    g = grads / n + unsharded_grads
+    at_loss = saved + loss_peak
+    at_layer = g + saved + layer_peak + dequant
+    at_step = g + step_tmp
     terms = {
-        "weights": weights / n,
-        "gradients": grads / n,
-        "optimizer": trainable * opt_bytes / n,
-        "activations": activations,
-        "logits": tokens * layout.vocab_size * c["logits_bytes_per_vocab"],
+        "weights": weights / n + unsharded,
+        "gradients": g,
+        "optimizer": trainable * opt_bytes / n + max(0.0, at_step - at_layer),
+        "activations": saved + layer_peak + dequant,
+        "logits": max(0.0, at_loss - at_layer),
     }
     subtotal = sum(terms.values())
-    terms["overhead"] = c["context_gib"] * GIB + c["fragmentation"] * subtotal + (c["multi_gpu_buffers_gib"] * GIB if n > 1 else 0)
+    fragmentation = c["fragmentation_sharded"] if n > 1 else c["fragmentation"]
+    terms["overhead"] = c["context_gib"] * GIB + fragmentation * subtotal + comm
     usable = c["usable_fraction"] * gpu_gib * GIB
-    return Breakdown(terms, usable, {"trainable_params": trainable})
+    extra = {"trainable_params": trainable, "attention": s["attention"], "loss": s["loss"],
+             "fsdp_unsharded_gib": round((unsharded + unsharded_grads) / GIB, 2),
+             "loss_peak_gib": round(loss_peak / GIB, 2), "dequant_buffer_gib": round(dequant / GIB, 2)}
+    return Breakdown(terms, usable, extra)

@@ -54,12 +54,16 @@ def check_tier(key: str, tier, nodes: list, partition: str, drift) -> None:
         cpus = sorted({n.cpus for n in matching})
         if cpus != [tier.cpus_per_node]:
             drift(f"{key}.cpus_per_node", f"site says {tier.cpus_per_node}, nodes have {'/'.join(map(str, cpus))}")
-    if tier.mem_per_node_gb is not None:
-        # Slurm's RealMemory is what the OS leaves (MB); allow 15 % below the nominal size.
-        low = [n for n in matching if not 0.85 * tier.mem_per_node_gb * 1000 <= n.real_memory_mb <= 1.1 * tier.mem_per_node_gb * 1024]
-        if low:
-            mems = "/".join(sorted({f"{n.real_memory_mb} MB" for n in low}))
-            drift(f"{key}.mem_per_node_gb", f"site says {tier.mem_per_node_gb} GB, nodes have {mems} ({names(low)})")
+    if tier.mem_per_node_gib is not None:
+        # RealMemory is in MiB (1024 per GiB): what the OS leaves of the installed GiB. It may be
+        # up to 15 % below the installed size, and never above it.
+        installed_mib = tier.mem_per_node_gib * 1024
+        off = [n for n in matching if not 0.85 * installed_mib <= n.real_memory_mb <= installed_mib]
+        if off:
+            mems = "/".join(f"{m} MiB ({m / 1024:.1f} GiB)" for m in sorted({n.real_memory_mb for n in off}))
+            drift(f"{key}.mem_per_node_gib", f"site says {tier.mem_per_node_gib} GiB ({installed_mib} MiB) installed, "
+                                             f"nodes have RealMemory {mems} ({names(off)}); "
+                                             f"expected 85-100 % of the installed memory")
     if tier.nodes is not None and tier.nodes != len(matching):
         drift(f"{key}.nodes", f"site says {tier.nodes}, the cluster has {len(matching)} ({names(matching)})")
 

@@ -68,22 +68,33 @@ class Paths(Strict):
     state_dir: str
 
 
+# Memory units, exactly: GiB = 1024^3 bytes. Slurm's `--mem=NG` is N GiB (its units are powers of
+# 1024) and its RealMemory is in MiB; installed memory (DIMMs, HBM, GDDR) comes in binary units,
+# so "an 80GB card" or "a 192 GB node" is 80 or 192 GiB installed. Keys that held these numbers as
+# `*_gb` were renamed `*_gib` (RENAMED_KEYS); a file with an old name gets an error naming the new one.
+RENAMED_KEYS = {
+    "memory_gb": "memory_gib",
+    "mem_per_node_gb": "mem_per_node_gib",
+    "mem_per_gpu_gb": "mem_per_gpu_gib",
+}
+
+
 class GpuTier(Strict):
     gres: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]+$")]  # as in --gres=gpu:TYPE:N
     model: str  # the card, as nvidia-smi names it
-    memory_gb: Positive  # nominal
-    usable_gib: PositiveFloat  # total memory per GPU as torch reports it
+    memory_gib: Positive  # installed memory per GPU, GiB: the 80 of "80GB"
+    usable_gib: PositiveFloat  # total memory per GPU as torch reports it, GiB
     compute_capability: Annotated[float, msgspec.Meta(ge=3.0, le=20.0)]
     gpus_per_node: Positive
     cost: PositiveFloat  # relative price of one GPU-hour; the planner picks the cheapest fit
     constraint: str | None = None
     cpus_per_node: Positive | None = None
-    mem_per_node_gb: Positive | None = None
+    mem_per_node_gib: Positive | None = None  # installed host memory per node, GiB (Slurm RealMemory is MiB)
     nodes: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
     def __post_init__(self):
-        if self.usable_gib > self.memory_gb:
-            raise ValueError(f"usable_gib {self.usable_gib} exceeds memory_gb {self.memory_gb}")
+        if self.usable_gib > self.memory_gib:
+            raise ValueError(f"usable_gib {self.usable_gib} exceeds memory_gib {self.memory_gib}")
 
 
 class Partition(Strict):
@@ -113,7 +124,7 @@ class Defaults(Strict):
     cpu_partition: str | None = None
     walltime: str = "04:00:00"
     cpus_per_gpu: Positive = 8  # host CPUs and memory a job asks for per GPU (capped by the node)
-    mem_per_gpu_gb: Positive = 64
+    mem_per_gpu_gib: Positive = 64  # GiB: rendered as --mem=NG, which Slurm reads as GiB
 
     def __post_init__(self):
         if not WALLTIME_RE.match(self.walltime):

@@ -51,7 +51,7 @@ def explain_validation_error(error, data: dict) -> tuple[tuple[str, ...], str]:
     behind each ``[...]`` by finding the entry that fails, and list allowed keys for unknown ones."""
     import msgspec
 
-    from kit.sites.schema import Site
+    from kit.sites.schema import RENAMED_KEYS, Site
 
     text = str(error)
     message, sep, where = text.rpartition(" - at `")
@@ -80,7 +80,11 @@ def explain_validation_error(error, data: dict) -> tuple[tuple[str, ...], str]:
     if unknown:
         path.append(unknown.group(1))
         allowed = getattr(_unwrap(typ), "__struct_fields__", ())
-        message = "unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else "")
+        renamed = RENAMED_KEYS.get(unknown.group(1))
+        if renamed in allowed:
+            message = f"renamed {renamed}: the value is in GiB (1024^3 bytes), as Slurm reads --mem=NG"
+        else:
+            message = "unknown key" + (f" (allowed here: {', '.join(allowed)})" if allowed else "")
     missing = re.match(r"Object missing required field `(.+)`", message)
     if missing:
         path.append(missing.group(1))
