@@ -7,12 +7,13 @@ from pathlib import Path
 
 import click
 
+from kit.cli.options import account_option, emit_json, placement_options
 from kit.errors import KitError
 
 
 class DefaultCommandGroup(click.Group):
-    """`kit finetune CONFIG [OPTIONS]` runs the hidden `submit` command: an argument that names no
-    subcommand is the config file of a submission."""
+    """A group whose first argument, when it names no subcommand, goes to a default command:
+    `kit finetune CONFIG ...` is `kit finetune submit CONFIG ...`."""
 
     default_command = "submit"
 
@@ -24,15 +25,41 @@ class DefaultCommandGroup(click.Group):
 
 @click.group(cls=DefaultCommandGroup, subcommand_metavar="CONFIG [OPTIONS] | COMMAND [ARGS]...")
 def finetune():
-    """Fine-tune a model (full, LoRA or QLoRA) as a Slurm job: `kit finetune CONFIG`."""
+    """Fine-tune a model: `kit finetune CONFIG` plans, renders and submits the job (options: see
+    `kit finetune submit --help`)."""
 
 
-# Placeholder until the submission path lands: `kit finetune CONFIG` plans and submits the job.
-@finetune.command("submit", hidden=True)
-@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
-def submit_cmd(config):
-    """Plan, render and submit the fine-tuning job CONFIG describes."""
-    raise KitError("kit finetune CONFIG: submission is not implemented yet")
+@finetune.command("submit")
+@click.argument("config", metavar="CONFIG")
+@placement_options
+@account_option()
+@click.option("--time", "time_limit", metavar="TIME", help="walltime of each run, e.g. 12:00:00 (default: the site's); "
+              "the job checkpoints and requeues itself before it")
+@click.option("--name", help="kit job name (default: finetune-MODEL-xxxx)")
+@click.option("--dry-run", is_flag=True, help="print the job script; submit nothing")
+def submit_cmd(config, site, partition, gpu, gpus, as_json, account, time_limit, name, dry_run):
+    """Validate CONFIG, plan its memory, and submit the fine-tuning job (the default command)."""
+    from kit.cli.jobs import warn
+    from kit.jobs.finetune import finetune_job
+    from kit.jobs.submit import submit
+
+    job = finetune_job(config, site=site, account=account, time=time_limit, name=name, partition=partition,
+                       gpu=gpu, gpus=gpus)
+    if dry_run:
+        warn(job.warnings)
+        click.echo(job.script, nl=False)
+        return
+    record = submit(job)  # checks the image against the lock first
+    warn(job.warnings)
+    if as_json:
+        emit_json(record.data)
+        return
+    jid, data = record.job_id, record.data
+    click.echo(f"submitted job {jid} ({record.name}): {data['gpus']}x {data['gpu_type']} on "
+               f"{data['site']}/{data['partition']}, {data['method']} of {data['model']}")
+    click.echo(f"  output: {data['output_dir']}")
+    click.echo(f"  record: {record.dir}")
+    click.echo(f"  next:   kit status {jid}    kit logs -f {jid}    kit wait {jid}    kit stop {jid}")
 
 
 @finetune.command("init")

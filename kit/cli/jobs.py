@@ -72,7 +72,7 @@ def jobs_cmd(site, as_json):
 @job_argument
 @json_option()
 def status_cmd(job, site, as_json):
-    """Slurm state, endpoint and health of one job."""
+    """Slurm state, endpoint and health of one job (a fine-tuning job: its progress)."""
     from kit.jobs.record import lookup
     from kit.jobs.status import status
 
@@ -81,6 +81,10 @@ def status_cmd(job, site, as_json):
         emit_json(data)
         return
     for key, value in data.items():
+        if key == "progress":
+            from kit.jobs.progress import describe
+
+            value = describe(value)
         if value is not None:
             click.echo(f"{key:>15}: {value}")
 
@@ -101,14 +105,15 @@ def logs_cmd(job, site, follow, lines):
 @job_argument
 @click.option("--timeout", type=float, default=1800, show_default=True, help="seconds")
 def wait_cmd(job, site, timeout):
-    """Wait until the job's engine answers /health; fail fast if the job dies."""
+    """Wait until the job's engine answers /health (a fine-tuning job: until training finished);
+    fail fast if the job dies."""
     import contextlib
     import time
 
     from kit.jobs.logs import log_tail
     from kit.jobs.record import lookup
     from kit.jobs.status import progress
-    from kit.jobs.watch import JobDied, wait
+    from kit.jobs.watch import JobDied, wait_for
 
     record = lookup(job, site)
     start = time.monotonic()
@@ -129,12 +134,12 @@ def wait_cmd(job, site, timeout):
                 live.update(f"job {record.job_id}: {text}")
 
         try:
-            st = wait(record, timeout, on_change=on_change)
+            st = wait_for(record, timeout, on_change=on_change)
         except JobDied:
             for line in log_tail(record):
                 click.echo(f"  | {line}", err=True)
             raise
-    click.echo(st.url)
+    click.echo(st.url or record.data.get("output_dir"))
 
 
 @click.command("connect")

@@ -187,8 +187,8 @@ def jobs_table(rows: list[dict]) -> None:
         table.add_column(col)
     for r in rows:
         state = r["state"] + (f" ({r['reason']})" if r["reason"] else "")
-        table.add_row(str(r["job_id"]), r["name"], state, r["site"] or "", r["engine"] or "", r["model"] or "",
-                      r["url"] or "-")
+        table.add_row(str(r["job_id"]), r["name"], state, r["site"] or "", r["engine"] or r.get("task") or "",
+                      r["model"] or "", r["url"] or r.get("output_dir") or "-")
     console.print(table)
 
 

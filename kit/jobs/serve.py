@@ -57,7 +57,8 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
     if not place["offline"]:
         warnings.append(f"{model.name} is not in the shared model cache: the job will download it, and compute "
                         f"nodes may have no internet; run `kit models pull {model.name}` first")
-    adapter_list, max_rank, adapter_warnings = adapter_specs(adapters, engine, site, account, place["offline"])
+    adapter_list, max_rank, adapter_warnings = adapter_specs(adapters, engine, site, account, place["offline"],
+                                                             model=model)
     warnings += adapter_warnings
 
     name = job_name(model.name, engine_name, name)

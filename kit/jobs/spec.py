@@ -81,8 +81,9 @@ def host_resources(site, plan: dict) -> tuple[int, int]:
 
 
 def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: str, job_dir: Path,
-                   signal_lead_s: int | None = None) -> list[str]:
-    """The #SBATCH lines of a GPU job as planned, after the site's own additions and drops."""
+                   signal_lead_s: int | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    """The #SBATCH lines of a GPU job as planned (USR1 ``signal_lead_s`` before the walltime,
+    then the job kind's ``extra`` directives), after the site's own additions and drops."""
     cpus, mem = host_resources(site, plan)
     directives = [
         render.directive("--job-name", name),
@@ -97,5 +98,6 @@ def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: s
         render.directive("--time", limit),
         render.directive("--output", f"{job_dir}/slurm-%j.out"),
         render.directive("--signal", f"B:USR1@{signal_lead_s or SIGNAL_LEAD_S}"),
+        *extra,
     ]
     return render.apply_site_directives(directives, site.sbatch)

@@ -1,6 +1,6 @@
 """One job's status: Slurm's state (pending, running, finished and why), the files the job
 writes into its record directory (endpoint.json; `failed` with the reason it stopped itself),
-and the engine's ``/health``."""
+the engine's ``/health``, and a fine-tuning job's progress (kit.jobs.progress)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class Status:
     slurm: slurm.JobState
     url: str | None
     health: int | None
+    training: dict | None = None  # a fine-tuning job's progress (kit.jobs.progress), else None
 
     @property
     def ready(self) -> bool:
@@ -50,6 +51,8 @@ class Status:
             "engine": self.record.data.get("engine"),
             "site": self.record.data.get("site"),
             "log": str(self.record.log_path),
+            **({"task": "finetune", "output_dir": self.record.data.get("output_dir"), "progress": self.training}
+               if is_finetune(self.record) else {}),
         }
 
 
@@ -61,8 +64,16 @@ def statuses(records: list[JobRecord]) -> list[Status]:
     return [status(rec, check_health=False, state=states[str(rec.job_id)]) for rec in records if rec.job_id]
 
 
+def is_finetune(record: JobRecord) -> bool:
+    return record.data.get("task") == "finetune"
+
+
 def status(record: JobRecord, check_health: bool = True, state: slurm.JobState | None = None) -> Status:
     state = state or job_state(record)
+    if is_finetune(record):
+        from kit.jobs.progress import progress as training
+
+        return Status(record, state, None, None, training(record.data["output_dir"]))
     url = endpoint_url(record)
     alive = state.state.startswith("RUNNING")
     code = health(url) if (check_health and url and alive) else None
@@ -80,6 +91,10 @@ def describe(st: Status) -> str:
 
 def progress(st: Status) -> str:
     """What `kit wait` says about a job at each change."""
+    if is_finetune(st.record):
+        from kit.jobs.progress import describe as training
+
+        return f"{describe(st)}: {training(st.training)}"
     if st.ready:
         return f"ready: {st.url}"
     if st.url:

@@ -14,12 +14,17 @@ got ready, stopped) `kit wait` asks Slurm at once.
 
 A job that will run again is not finished: REQUEUED, REQUEUE_HOLD, REQUEUE_FED, SPECIAL_EXIT,
 and PREEMPTED or NODE_FAIL for a job submitted with --requeue (``requeue`` in its record).
+
+`kit wait` waits for what the job is for: a serving job until its engine answers /health
+(``wait``), a fine-tuning job until its trainer has written summary.json (``wait_trained``):
+"ready" means nothing for training, and a requeued fine-tuning job is still on its way.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from kit import slurm
@@ -160,11 +165,56 @@ def watch(record: JobRecord, *, interval: float = TICK_S, timeout: float | None 
 
 
 class JobDied(KitError):
-    def __init__(self, st: Status, failure: str | None):
+    def __init__(self, st: Status, failure: str | None, goal: str = "it was ready"):
         reason = failure or st.slurm.reason or f"exit code {st.slurm.exit_code}"
-        super().__init__(f"job {st.record.job_id} ({st.record.name}) ended before it was ready: "
+        super().__init__(f"job {st.record.job_id} ({st.record.name}) ended before {goal}: "
                          f"{st.slurm.state}, {reason}", exit_code=4)
         self.status = st
+
+
+def wait_for(record: JobRecord, timeout: float, on_change: Callable[[Status], None] | None = None,
+             interval: float = TICK_S) -> Status:
+    """`kit wait`: a serving job until it is ready, a fine-tuning job until it has finished."""
+    from kit.jobs.status import is_finetune
+
+    return (wait_trained if is_finetune(record) else wait)(record, timeout, on_change=on_change, interval=interval)
+
+
+def training_files(record: JobRecord) -> tuple:
+    """What a fine-tuning job last wrote: `failed` in its record; run.json (a start or restart) and
+    summary.json (the end) in its output directory. A change is worth asking Slurm about at once."""
+    out = record.data.get("output_dir") or ""
+    stamps = []
+    for path in (record.dir / "failed", Path(out) / "run.json", Path(out) / "summary.json"):
+        try:
+            stamps.append(path.stat().st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return tuple(stamps)
+
+
+def wait_trained(record: JobRecord, timeout: float, on_change: Callable[[Status], None] | None = None,
+                 interval: float = TICK_S) -> Status:
+    """Until the trainer has written summary.json (the run finished). A job that ends, or stops
+    itself, first is an error with Slurm's reason; a requeued job has not ended: it is waited for."""
+    last = st = None
+    for state in watch(record, interval=interval, timeout=timeout, files=training_files):
+        st = status(record, state=state)
+        p = st.training or {}
+        phase = (st.slurm.state, st.slurm.reason, p.get("step"), p.get("finished"))
+        if on_change and phase != last:
+            on_change(st)
+        last = phase
+        if p.get("finished"):
+            return st
+        failure = record.failure()
+        if st.slurm.ended or failure:
+            raise JobDied(st, failure, "training finished")
+        if st.slurm.state == "PENDING" and (st.slurm.reason or "") in NEVER_STARTS:
+            raise KitError(f"job {record.job_id} cannot start: Slurm says {st.slurm.reason}; "
+                           f"`kit stop {record.job_id}` and fix the request", exit_code=4)
+    raise KitError(f"job {record.job_id} has not finished after {timeout:g} s (Slurm: {describe(st)}); "
+                   f"`kit status {record.job_id}` shows its progress", exit_code=3)
 
 
 def wait(record: JobRecord, timeout: float, on_change: Callable[[Status], None] | None = None,

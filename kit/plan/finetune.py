@@ -30,7 +30,10 @@ def parse_targets(layout: Layout, targets: str) -> list[str] | None:
 def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len: int | None = None,
                   batch_size: int | None = None, grad_ckpt: bool | None = None, lora_r: int | None = None,
                   lora_targets: str | None = None, optimizer: str | None = None, partition: str | None = None,
-                  gpu: str | None = None, gpus: int | None = None, trainer: dict | None = None) -> dict:
+                  gpu: str | None = None, gpus: int | None = None, trainer: dict | None = None,
+                  suggest: bool = True) -> dict:
+    """The cheapest allocation that fits; when none does, ``suggestion`` names the cheapest change
+    that would (kit.plan.fixes; ``suggest=False`` leaves it out)."""
     d = constants()["finetune"]["defaults"]
 
     def default(value, key):
@@ -81,17 +84,16 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
             args += ["--lora-r", str(lora_r), "--lora-targets", lora_targets]
         args += ["--nproc-per-node", str(n)] + (["--fsdp"] if n > 1 else [])
         result["engine_args"] = args
-    else:
-        result["suggestion"] = finetune_lever(method, grad_ckpt, optimizer)
+    elif suggest:
+        from kit.plan.fixes import cheapest_fix, describe
+
+        options = dict(method=method, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt, lora_r=lora_r,
+                       lora_targets=lora_targets, optimizer=optimizer, partition=partition, gpu=gpu, gpus=gpus,
+                       trainer=trainer)
+        fix = cheapest_fix(options, lambda o: plan_finetune(model, site, **o, suggest=False))
+        if fix is None:
+            result["suggestion"] = {"text": "no change of checkpointing, GPUs, method, optimizer or sequence length "
+                                            "fits: use a smaller model", "change": None}
+        else:
+            result["suggestion"] = dict(fix, text=describe(fix))
     return result
-
-
-def finetune_lever(method: str, grad_ckpt: bool, optimizer: str) -> dict | None:
-    if not grad_ckpt:
-        return {"text": "turn on --grad-ckpt (activations dominate without it)"}
-    c = constants()["finetune"]
-    if c["methods"][method]["lighter"]:
-        return {"text": c["methods"][method]["lighter"]}
-    if c["optimizers"][optimizer].get("lighter"):
-        return {"text": f"use --optimizer {c['optimizers'][optimizer]['lighter']}, a shorter --seq-len or a smaller --lora-r"}
-    return {"text": "use a shorter --seq-len or a smaller model"}

@@ -7,7 +7,6 @@ import json
 import re
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from kit.errors import KitError
 from kit.service.registry import Service
