@@ -1,5 +1,5 @@
 # kit: the two commands of the README, plus the pieces they are made of.
-#   make demo   set up (light install) and plan models on the built-in quest site
+#   make demo   set up, plan models on the built-in quest site, fine-tune+evaluate and RAG on the CPU
 #   make test   set up (with torch/transformers), start the local Slurm, run every test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -31,12 +31,16 @@ $(VENV)/.test: pyproject.toml $(VENV)/.base
 setup: $(VENV)/.base
 setup-test: $(VENV)/.test
 
-demo: setup
+# The main demo, on the built-in quest site: plans for serving and fine-tuning, then on the CPU
+# (a few minutes on 2 cores) fine-tune -> evaluate with SmolLM2, and RAG with cited answers.
+demo: setup-test
 	$(BIN)/kit sites show quest
 	$(BIN)/kit plan serve meta-llama/Llama-3.1-70B-Instruct --site quest
 	$(BIN)/kit plan serve meta-llama/Llama-3.1-8B-Instruct --site quest
 	$(BIN)/kit plan finetune meta-llama/Llama-3.1-70B-Instruct --site quest --method qlora
 	$(BIN)/kit plan finetune meta-llama/Llama-3.1-8B-Instruct --site quest --method qlora
+	PYTHON=$(BIN)/python bash examples/extraction/demo.sh $(CURDIR)/.demo
+	$(MAKE) --no-print-directory rag-demo
 
 # RAG on the bundled corpus, in process: ingest, evaluate retrieval, a cited answer from SmolLM2.
 RAG_STORE ?= local:$(CURDIR)/.rag-demo
