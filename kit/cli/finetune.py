@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from kit.cli.options import account_option, emit_json, placement_options
+from kit.cli.options import account_option, placement_options
 from kit.errors import KitError
 
 
@@ -39,20 +39,13 @@ def finetune():
 @click.option("--dry-run", is_flag=True, help="print the job script; submit nothing")
 def submit_cmd(config, site, partition, gpu, gpus, as_json, account, time_limit, name, dry_run):
     """Validate CONFIG, plan its memory, and submit the fine-tuning job (the default command)."""
-    from kit.cli.jobs import warn
+    from kit.cli.jobs import submit_or_print
     from kit.jobs.finetune import finetune_job
-    from kit.jobs.submit import submit
 
     job = finetune_job(config, site=site, account=account, time=time_limit, name=name, partition=partition,
                        gpu=gpu, gpus=gpus)
-    if dry_run:
-        warn(job.warnings)
-        click.echo(job.script, nl=False)
-        return
-    record = submit(job)  # checks the image against the lock first
-    warn(job.warnings)
-    if as_json:
-        emit_json(record.data)
+    record = submit_or_print(job, dry_run=dry_run, as_json=as_json)
+    if record is None:
         return
     jid, data = record.job_id, record.data
     click.echo(f"submitted job {jid} ({record.name}): {data['gpus']}x {data['gpu_type']} on "

@@ -23,20 +23,13 @@ def serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_tokens
               gpus, as_json, account, time_limit, adapters, name, ready_timeout, dry_run):
     """Plan, render and submit a TGI or vLLM server for MODEL, with a per-job API key."""
     from kit.jobs.serve import serve_job
-    from kit.jobs.submit import submit
 
     job = serve_job(model, site=site, account=account, time=time_limit, adapters=adapters, name=name,
                     ready_timeout=ready_timeout, engine=engine, dtype=dtype, quantize=quantize,
                     max_input_tokens=max_input_tokens, max_total_tokens=max_total_tokens, concurrency=concurrency,
                     partition=partition, gpu=gpu, gpus=gpus)
-    if dry_run:
-        warn(job.warnings)
-        click.echo(job.script, nl=False)
-        return
-    record = submit(job)  # checks the image against the lock first
-    warn(job.warnings)
-    if as_json:
-        emit_json(record.data)
+    record = submit_or_print(job, dry_run=dry_run, as_json=as_json)
+    if record is None:
         return
     jid, data = record.job_id, record.data
     click.echo(f"submitted job {jid} ({record.name}): {data['gpus']}x {data['gpu_type']} on "
@@ -48,6 +41,23 @@ def serve_cmd(model, engine, dtype, quantize, max_input_tokens, max_total_tokens
 def warn(warnings: list[str]) -> None:
     for warning in warnings:
         click.echo(f"kit: warning: {warning}", err=True)
+
+
+def submit_or_print(job, *, dry_run: bool, as_json: bool):
+    """--dry-run prints the script; otherwise submit (the library checks the image against the
+    lock first) and return the record, or print it as JSON. The warnings follow either way."""
+    from kit.jobs.submit import submit
+
+    if dry_run:
+        warn(job.warnings)
+        click.echo(job.script, nl=False)
+        return None
+    record = submit(job)
+    warn(job.warnings)
+    if as_json:
+        emit_json(record.data)
+        return None
+    return record
 
 
 @click.command("jobs")

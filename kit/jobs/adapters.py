@@ -10,7 +10,6 @@ from pathlib import Path
 from kit.errors import KitError
 from kit.models.resolve import HUB_ID
 
-
 # What makes two checkpoints the same model for an adapter: the config.json keys of its shapes.
 SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
               "num_key_value_heads", "head_dim", "vocab_size", "num_local_experts", "num_experts")

@@ -9,17 +9,15 @@ job never starts with a config the trainer would refuse.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
-from kit import __version__
 from kit.errors import KitError
 from kit.images.cuda import cuda_problem
 from kit.images.lock import load_lock
 from kit.images.store import local_image
 from kit.jobs import render
 from kit.jobs.record import ensure_writable, state_root
-from kit.jobs.spec import JobSpec, gpu_directives, job_name, require_account, walltime
+from kit.jobs.spec import JobSpec, base_record, gpu_directives, job_name, require_account, script_context, walltime
 from kit.resources import packaged_yaml
 from kit.sites import expand_user_path
 
@@ -147,14 +145,9 @@ def build(site, cfg, config_path: Path, model, plan: dict, *, account: str | Non
                                 extra=("--requeue", render.directive("--open-mode", "append")))
     script = render.render(
         f["template"],
-        kit_version=__version__,
-        site=site,
-        description=f"fine-tune {model.name} ({plan['method']}) on {plan['gpus']}x {plan['gpu_type']} from {config}",
-        job_dir=str(job_dir),
-        sbatch=directives,
-        runtime_cache_dir=expand_user_path(site.runtime.cache_dir, account),
-        runtime_tmp_dir=expand_user_path(site.runtime.tmp_dir, account),
-        image=str(image),
+        **script_context(site, account, job_dir=job_dir, directives=directives, image=image,
+                         description=f"fine-tune {model.name} ({plan['method']}) on {plan['gpus']}x {plan['gpu_type']} "
+                                     f"from {config}"),
         model_path=place["local_path"],
         data_files=files,
         config_file=str(job_dir / JOB_CONFIG),
@@ -167,31 +160,10 @@ def build(site, cfg, config_path: Path, model, plan: dict, *, account: str | Non
         requeue_exit=f["requeue_exit"],
         signal_margin_s=margin,
     )
-    record = {
-        "name": name,
-        "job_id": None,
-        "task": "finetune",
-        "site": site.name,
-        "account": account,
-        "partition": plan["partition"],
-        "gpus": plan["gpus"],
-        "gpu_type": plan["gpu_type"],
-        "method": plan["method"],
-        "model": model.name,
-        "model_arg": place["arg"],
-        "config": config,
-        "output_dir": str(output_dir),
-        "image": str(image),
-        "image_name": f["image"],
-        "image_sha256": image_entry["sif_sha256"],
-        "image_upstream": image_entry["upstream"],
-        "image_digest": image_entry["digest"],
-        "time": limit,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "kit_version": __version__,
-        "login_host": site.login_host,
-        "accounting": site.accounting,
-    }
+    record = base_record("finetune", site, account, plan, name=name, image=image, image_name=f["image"],
+                         image_entry=image_entry, limit=limit)
+    record.update(method=plan["method"], model=model.name, model_arg=place["arg"], config=config,
+                  output_dir=str(output_dir))
     text = job_config(cfg, place["local_path"])
     return JobSpec(name, job_dir, script, plan, request, record, site, account, warnings, {JOB_CONFIG: text})
 

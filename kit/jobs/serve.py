@@ -5,10 +5,9 @@ Every check runs here, before anything is written; submitting is ``kit.jobs.subm
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
-from kit import __version__, engines
+from kit import engines
 from kit.errors import KitError
 from kit.images.cuda import cuda_problem
 from kit.images.lock import load_lock
@@ -16,7 +15,7 @@ from kit.images.store import local_image
 from kit.jobs import render
 from kit.jobs.adapters import adapter_specs
 from kit.jobs.record import ensure_writable, state_root
-from kit.jobs.spec import JobSpec, gpu_directives, job_name, require_account, walltime
+from kit.jobs.spec import JobSpec, base_record, gpu_directives, job_name, require_account, script_context, walltime
 from kit.models.resolve import ModelInfo
 from kit.sites import expand_user_path
 
@@ -94,14 +93,9 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         template or engine["serve"]["template"],
         engine_template=engine["serve"]["template"],
         **(context or {}),
-        kit_version=__version__,
-        site=site,
-        description=f"serve {model.name} with {engine['label']} {engine['version']} on {plan['gpus']}x {plan['gpu_type']}",
-        job_dir=str(job_dir),
-        sbatch=directives,
-        runtime_cache_dir=expand_user_path(site.runtime.cache_dir, account),
-        runtime_tmp_dir=expand_user_path(site.runtime.tmp_dir, account),
-        image=str(image),
+        **script_context(site, account, job_dir=job_dir, directives=directives, image=image,
+                         description=f"serve {model.name} with {engine['label']} {engine['version']} on "
+                                     f"{plan['gpus']}x {plan['gpu_type']}"),
         model=place,
         writable_dirs=writable,
         port_range=site.network.port_range,
@@ -119,33 +113,11 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         stop_grace_s=STOP_GRACE_S,
         ready_timeout_s=ready_timeout_s,
     )
-    record = {
-        "name": name,
-        "job_id": None,
-        "task": "serve",
-        "site": site.name,
-        "account": account,
-        "partition": plan["partition"],
-        "gpus": plan["gpus"],
-        "gpu_type": plan["gpu_type"],
-        "engine": engine_name,
-        "engine_version": engine["version"],
-        "model": model.name,
-        "served_model_name": place["name"],
-        "model_arg": place["arg"],
-        "adapters": [a["name"] for a in adapter_list],
-        "image": str(image),
-        "image_name": engine["serve"]["image"],
-        "image_sha256": image_entry["sif_sha256"],
-        "image_upstream": image_entry["upstream"],
-        "image_digest": image_entry["digest"],
-        "time": limit,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "kit_version": __version__,
-        "login_host": site.login_host,
-        "tunnel": site.network.tunnel,
-        "accounting": site.accounting,
-    }
+    record = base_record("serve", site, account, plan, name=name, image=image, image_name=engine["serve"]["image"],
+                         image_entry=image_entry, limit=limit)
+    record.update(engine=engine_name, engine_version=engine["version"], model=model.name,
+                  served_model_name=place["name"], model_arg=place["arg"], adapters=[a["name"] for a in adapter_list],
+                  tunnel=site.network.tunnel)
     return JobSpec(name, job_dir, script, plan, request, record, site, account, warnings, guard_files())
 
 

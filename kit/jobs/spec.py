@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
-from kit import slurm
+from kit import __version__, slurm
 from kit.errors import KitError
 from kit.jobs import render
 
@@ -101,3 +102,44 @@ def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: s
         *extra,
     ]
     return render.apply_site_directives(directives, site.sbatch)
+
+
+def script_context(site, account: str | None, *, job_dir: Path, directives: list[str], image, description: str) -> dict:
+    """What the base template needs from every job kind (the kind adds its own values)."""
+    from kit.sites import expand_user_path
+
+    return {
+        "kit_version": __version__,
+        "site": site,
+        "description": description,
+        "job_dir": str(job_dir),
+        "sbatch": directives,
+        "runtime_cache_dir": expand_user_path(site.runtime.cache_dir, account),
+        "runtime_tmp_dir": expand_user_path(site.runtime.tmp_dir, account),
+        "image": str(image),
+    }
+
+
+def base_record(task: str, site, account: str | None, plan: dict, *, name: str, image, image_name: str,
+                image_entry: dict, limit: str) -> dict:
+    """The record fields every job kind has: what ran where, from which image (the kind adds its own)."""
+    return {
+        "name": name,
+        "job_id": None,
+        "task": task,
+        "site": site.name,
+        "account": account,
+        "partition": plan["partition"],
+        "gpus": plan["gpus"],
+        "gpu_type": plan["gpu_type"],
+        "image": str(image),
+        "image_name": image_name,
+        "image_sha256": image_entry["sif_sha256"],
+        "image_upstream": image_entry["upstream"],
+        "image_digest": image_entry["digest"],
+        "time": limit,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "kit_version": __version__,
+        "login_host": site.login_host,
+        "accounting": site.accounting,
+    }
