@@ -336,3 +336,19 @@ def test_config_module_imports_light():
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_several_processes_without_gpus_are_refused_before_anything_is_written(tiny, tmp_path, monkeypatch):
+    """On a CPU, accelerate would run each torchrun process as if it were alone, all writing one
+    output: refused, with one line, by the launcher and by each process."""
+    extraction_set(tmp_path / "train.jsonl", 4)
+    cfg = write_config(tmp_path, tiny)
+    proc = subprocess.run([sys.executable, "-m", "kit.train", str(cfg), "--nproc", "2"], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and proc.stderr.strip() == "kit: error: --nproc 2: needs 2 GPUs (FSDP), this node shows 0"
+    assert not (tmp_path / "out").exists()
+    from kit.train.trainer import make_accelerator
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(KitError, match="2 processes need GPUs"):
+        make_accelerator()

@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.nproc < 1:
         parser.error(f"--nproc {args.nproc}: must be at least 1")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import torch
+
+        if torch.cuda.device_count() < args.nproc:
+            print(f"kit: error: --nproc {args.nproc}: needs {args.nproc} GPUs (FSDP), this node shows "
+                  f"{torch.cuda.device_count()}", file=sys.stderr)
+            return 2
         cmd = ["torchrun", "--standalone", f"--nproc-per-node={args.nproc}", "-m", "kit.train", args.config]
         os.execvp(cmd[0], cmd)
     try:

@@ -86,6 +86,9 @@ def make_accelerator():
     from accelerate import Accelerator
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not torch.cuda.is_available():
+            # accelerate would run each process as if it were alone: all of them writing one output.
+            raise KitError(f"{os.environ['WORLD_SIZE']} processes need GPUs (FSDP); on a CPU run one process")
         from accelerate import FullyShardedDataParallelPlugin
 
         plugin = FullyShardedDataParallelPlugin(auto_wrap_policy="transformer_based_wrap", use_orig_params=True,
