@@ -47,8 +47,12 @@ def matches(source: str, wanted: str, base: str) -> bool:
 
 
 def recall_at_k(retrieved: list[str], relevant: list[str], base: str = ".") -> float:
-    found = sum(1 for want in relevant if any(matches(s, want, base) for s in retrieved))
-    return found / len(relevant)
+    """kit eval's recall@k (kit.eval.retrieval) over the top k retrieved, each stored source named
+    by the wanted PATH it matches."""
+    from kit.eval.retrieval import query_recall
+
+    named = [next((want for want in relevant if matches(source, want, base)), source) for source in retrieved]
+    return query_recall(named, relevant, len(named)) or 0.0
 
 
 def reciprocal_rank(retrieved: list[str], relevant: list[str], base: str = ".") -> float:
