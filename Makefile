@@ -63,6 +63,7 @@ bench: setup-test slurm-up
 	$(BIN)/python benchmarks/cli_latency.py
 	$(BIN)/python benchmarks/memory_accuracy.py
 	$(BIN)/python benchmarks/vecinf_compare.py
+	$(BIN)/python benchmarks/rag_throughput.py
 	$(BIN)/python benchmarks/serve_overhead.py
 
 # Images (staff: on a host where the site's runtime and builds work; SITE=quest ACCOUNT=pXXXXX)
