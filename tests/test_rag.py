@@ -339,7 +339,7 @@ def test_recall_at_3_on_the_labelled_questions(tmp_path, embedder):
     assert result["questions"] == 10 and result["recall_at_k"] >= 0.9, result
     assert 0 < result["mrr"] <= 1
 
-    res = kit("rag", "eval", "--questions", str(examples / "questions.jsonl"), "--store", f"local:{store}",
+    res = kit("eval", "retrieval", "--questions", str(examples / "questions.jsonl"), "--store", f"local:{store}",
               "--k", "3", "--json")
     assert res.code == 0, res.err
     assert res.json()["recall_at_k"] == result["recall_at_k"]
@@ -369,5 +369,5 @@ def test_bad_input_is_one_line_and_leaves_the_store_alone(tmp_path, corpus):
 
     questions = tmp_path / "q.jsonl"
     questions.write_text('{"question": "ok?", "sources": ["a.md"]}\n{"question": "broken"\n')
-    res = kit("rag", "eval", "--questions", str(questions), "--store", f"local:{store}")
+    res = kit("eval", "retrieval", "--questions", str(questions), "--store", f"local:{store}")
     assert res.code != 0 and "line 2" in res.error_line and not store.exists()

@@ -28,6 +28,7 @@ for group in (sites.sites, models.models, plan.plan, finetune.finetune, images.i
     cli.add_command(group)
 for command in jobs.COMMANDS + client.COMMANDS:
     cli.add_command(command)
+eval_group.add_command(rag.retrieval_cmd)  # `kit eval retrieval`: it scores a RAG store's retrieval
 
 
 def main(argv=None) -> None:

@@ -93,14 +93,14 @@ def ask_cmd(question, stack, store, collection, embed_model, site, k, generator,
         click.echo(f"  [{n}] {hit.source} (chunk {hit.chunk}, score {hit.score:.3f})")
 
 
-@rag.command("eval")
+@click.command("retrieval")
 @click.option("--questions", required=True, metavar="Q.jsonl",
               help='one {"question": ..., "sources": [PATH, ...]} per line')
 @target_options
 @click.option("--k", "k", type=int, default=5, show_default=True)
 @json_option()
-def eval_cmd(questions, stack, store, collection, embed_model, site, k, as_json):
-    """Retrieval quality: recall@k and MRR over a labelled question set, overall and per question."""
+def retrieval_cmd(questions, stack, store, collection, embed_model, site, k, as_json):
+    """RAG retrieval quality: recall@k and MRR over a labelled question set, overall and per question."""
     from kit.rag.evaluate import evaluate, load_questions
     from kit.rag.target import open_target
 
