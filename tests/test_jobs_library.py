@@ -277,3 +277,13 @@ def test_wait_asks_slurm_at_once_when_the_job_writes_its_endpoint(tmp_path, monk
     (job_dir / "endpoint.json").write_text('{"state": "starting"}')
     next(looks)
     assert len((tmp_path / "calls").read_text().splitlines()) == 2
+
+
+def test_a_final_state_that_cannot_be_kept_is_no_error(tmp_path):
+    """The watcher writes a finished job's state into its record to spare Slurm later; a record it
+    cannot write (another user's, a read-only one) just goes without."""
+    from kit.jobs.watch import _keep_final
+
+    record = JobRecord(tmp_path / "gone", {"name": "other", "job_id": "9"})  # its directory is not there
+    _keep_final(record, JobState("9", "COMPLETED"))
+    assert record.data["slurm_final"]["state"] == "COMPLETED" and not (tmp_path / "gone").exists()

@@ -116,8 +116,8 @@ def _keep_final(record: JobRecord, st: slurm.JobState) -> None:
     record.data["slurm_final"] = asdict(st)
     try:
         record.save()
-    except OSError:
-        pass  # someone else's or a read-only record: it is asked about again next time
+    except KitError:  # save's one-line error for an unwritable record (someone else's, read-only)
+        pass  # it is asked about again next time
 
 
 WATCHER = Watcher()
