@@ -6,19 +6,16 @@ all along, and its record and log survive the requeue. Then its adapter is serve
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from standin.runtime import MAGIC
 from standin.site import standin_site
-from test_serve_users import OWNER, as_user, kit_as
+from test_serve_users import OWNER, as_user, give, kit_as, users_top
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,18 +55,13 @@ def write_run(home: Path, model: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def lab(slurm_cluster):
-    subprocess.run(["bash", str(ROOT / "tests" / "cluster" / "users-up.sh"), sys.executable], check=True,
-                   capture_output=True, text=True)
-    top = Path(tempfile.mkdtemp(prefix="kit-ft-users-", dir="/tmp"))
-    top.chmod(0o755)
+    top = users_top("kit-ft-users-")
     home = top / OWNER
     finetune_image(home / "images")
     setup = standin_site(home)  # the tiny model, stand-in images, the lock and a user site layer
     setup["env"]["HOME"] = str(home)
     config = write_run(home, setup["model"])
-    entry = pwd.getpwnam(OWNER)
-    for path in [home, *home.rglob("*")]:
-        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    give(OWNER, home)
     yield {"home": home, "env": setup["env"], "model": setup["model"], "config": config}
     for record in (home / "state" / "jobs").glob("*/record.json"):
         job_id = json.loads(record.read_text()).get("job_id")
@@ -151,8 +143,8 @@ def test_a_job_checkpoints_requeues_resumes_and_finishes(lab):
 
 def test_the_adapter_is_served_and_a_foreign_base_is_refused(lab):
     out = lab["home"] / "runs" / "legal-lora"
-    if not (out / "summary.json").exists():
-        pytest.skip("needs the finished run of the test above")
+    # This test uses the run the test above trains: if that failed, this fails too (never a skip).
+    assert (out / "summary.json").exists(), "the fine-tuning run of the test above did not finish"
     for engine, flag in (("tgi", "--lora-adapters legal-lora="), ("vllm", "--max-lora-rank 8 --lora-modules legal-lora=")):
         r = kit_as(OWNER, lab["env"], "serve", str(lab["model"]), "--engine", engine, "--adapter", str(out), "--dry-run")
         assert r.returncode == 0, r.stderr

@@ -5,7 +5,6 @@ kit's chat client, SmolLM2), retrieval evaluation, and bad input. Real embedding
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal

@@ -3,7 +3,6 @@ quoting, and `sbatch --test-only` on the local Slurm that mimics Quest and KLC."
 
 import json
 import os
-import re
 import shlex
 import subprocess
 

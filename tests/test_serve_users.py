@@ -38,19 +38,33 @@ def kit_as(user: str, env: dict, *args: str, **kw) -> subprocess.CompletedProces
     return as_user(user, sys.executable, "-m", "kit.cli", *args, env=env, **kw)
 
 
-@pytest.fixture(scope="module")
-def lab(slurm_cluster):
+def users_top(prefix: str) -> Path:
+    """The ordinary users (tests/cluster/users-up.sh), and a new 0755 directory in /tmp for their
+    homes (pytest's own are root's alone)."""
     subprocess.run(["bash", str(ROOT / "tests" / "cluster" / "users-up.sh"), sys.executable], check=True,
                    capture_output=True, text=True)
-    top = Path(tempfile.mkdtemp(prefix="kit-users-", dir="/tmp"))
+    top = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     top.chmod(0o755)
+    return top
+
+
+def give(user: str, *trees: Path) -> None:
+    """Everything under ``trees`` to ``user``; each tree's top 0755: a home other users may look
+    into, as many are, so that only kit's own modes protect what it writes."""
+    entry = pwd.getpwnam(user)
+    for tree in trees:
+        for path in [tree, *tree.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+        tree.chmod(0o755)
+
+
+@pytest.fixture(scope="module")
+def lab(slurm_cluster):
+    top = users_top("kit-users-")
     home = top / OWNER
     setup = standin_site(home)  # model, stand-in images, lock and a user site layer
     setup["env"]["HOME"] = str(home)
-    entry = pwd.getpwnam(OWNER)
-    for path in [home, *home.rglob("*")]:  # a home other users may look into, as many are
-        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-    home.chmod(0o755)
+    give(OWNER, home)
     yield {"top": top, "home": home, "env": setup["env"], "model": setup["model"]}
     for record in (home / "state" / "jobs").glob("*/record.json"):
         job_id = json.loads(record.read_text()).get("job_id")

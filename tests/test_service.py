@@ -15,7 +15,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from standin.site import standin_site
-from test_serve_users import as_user, kit_as
+from test_serve_users import as_user, give, kit_as, users_top
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,10 +33,7 @@ STAFF, LAB_A, LAB_B, OTHER = "kit-staff", "kit-lab-a", "kit-lab-b", "kit-other"
 
 @pytest.fixture(scope="module")
 def staff(slurm_cluster):
-    subprocess.run(["bash", str(ROOT / "tests" / "cluster" / "users-up.sh"), sys.executable], check=True,
-                   capture_output=True, text=True)
-    top = Path(tempfile.mkdtemp(prefix="kit-service-", dir="/tmp"))
-    top.chmod(0o755)
+    top = users_top("kit-service-")
     home = top / STAFF
     setup = standin_site(home)
     services = top / "services"
@@ -47,10 +43,7 @@ def staff(slurm_cluster):
     layer["network"]["port_range"] = [21000, 21099]
     layer_file.write_text(yaml.safe_dump(layer))
     services.mkdir()
-    entry = pwd.getpwnam(STAFF)
-    for path in [home, *home.rglob("*"), services]:
-        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
-    home.chmod(0o755)
+    give(STAFF, home, services)
     env = dict(setup["env"], HOME=str(home))
     # The labs use the same site layer (a site-wide file would do on a real cluster), their own state dir.
     yield {"top": top, "home": home, "env": env, "model": setup["model"], "services": services}

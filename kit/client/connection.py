@@ -35,17 +35,19 @@ def served_model(url: str, api_key: str | None) -> str:
     return models[0]["id"] if models and models[0].get("id") else "tgi"
 
 
+def read_key_file(path: str) -> str:
+    try:
+        return Path(path).expanduser().read_text().strip()
+    except OSError as e:
+        raise KitError(f"--api-key-file {path}: {e.strerror}") from None
+
+
 def target(ref: str, site: str | None = None, api_key_file: str | None = None) -> tuple[str, str | None, str]:
     """JOB, service NAME or URL -> (url, API key, the model name that picks the base model).
     A service resolves at each call (its current generation); its key is the owner's, else the
     lab key file this user can read, else --api-key-file."""
     if ref.startswith(("http://", "https://")):
-        key = None
-        if api_key_file:
-            try:
-                key = Path(api_key_file).expanduser().read_text().strip()
-            except OSError as e:
-                raise KitError(f"--api-key-file {api_key_file}: {e.strerror}") from None
+        key = read_key_file(api_key_file) if api_key_file else None
         return ref.rstrip("/"), key, served_model(ref.rstrip("/"), key)
     from kit import engines
     from kit.jobs.endpoint import endpoint_url
@@ -58,11 +60,5 @@ def target(ref: str, site: str | None = None, api_key_file: str | None = None) -
                        f"`kit service status {ref}`")
     if url is None:
         raise KitError(f"job {record.job_id} has no endpoint yet: `kit wait {record.job_id}` first")
-    if api_key_file:
-        try:
-            key = Path(api_key_file).expanduser().read_text().strip()
-        except OSError as e:
-            raise KitError(f"--api-key-file {api_key_file}: {e.strerror}") from None
-    else:
-        key = record.api_key()
+    key = read_key_file(api_key_file) if api_key_file else record.api_key()
     return url, key, engines.chat_model(record.data["engine"], record.data["served_model_name"])

@@ -83,6 +83,3 @@ class Keys:
             label = f.match(token)
             found = found or label
         return found
-
-    def accepts(self, header: bytes | None) -> bool:
-        return self.who(header) is not None

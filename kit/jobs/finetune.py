@@ -12,12 +12,10 @@ import os
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.images.cuda import cuda_problem
-from kit.images.lock import load_lock
-from kit.images.store import local_image
 from kit.jobs import render
 from kit.jobs.record import ensure_writable, state_root
-from kit.jobs.spec import JobSpec, base_record, gpu_directives, job_name, require_account, script_context, walltime
+from kit.jobs.spec import (JobSpec, base_record, gpu_directives, job_name, locked_image, require_account,
+                           script_context, walltime)
 from kit.resources import packaged_yaml
 from kit.sites import expand_user_path
 
@@ -133,13 +131,7 @@ def build(site, cfg, config_path: Path, model, plan: dict, *, account: str | Non
     binds = [expand_user_path(b, account) for b in site.runtime.binds] + place["binds"]
     binds += [f"{d}:{d}:ro" for d in dict.fromkeys(str(Path(p).parent) for p in files)]
     binds += [f"{job_dir}:{job_dir}:ro", f"{cache}:{cache}", f"{output_dir}:{output_dir}"]
-    image_entry = load_lock().entry(f["image"])
-    image = local_image(site, image_entry, account)
-    cuda_error, cuda_warning = cuda_problem(image_entry, site)
-    if cuda_error:
-        raise KitError(f"fine-tuning image: {cuda_error}")
-    if cuda_warning:
-        warnings.append(f"fine-tuning image: {cuda_warning}")
+    image, image_entry = locked_image(site, f["image"], account, "fine-tuning image", warnings)
     directives = gpu_directives(site, plan, name=name, account=account, limit=limit, job_dir=job_dir,
                                 signal_lead_s=margin,
                                 extra=("--requeue", render.directive("--open-mode", "append")))

@@ -9,13 +9,11 @@ from pathlib import Path
 
 from kit import engines
 from kit.errors import KitError
-from kit.images.cuda import cuda_problem
-from kit.images.lock import load_lock
-from kit.images.store import local_image
 from kit.jobs import render
 from kit.jobs.adapters import adapter_specs
 from kit.jobs.record import ensure_writable, state_root
-from kit.jobs.spec import JobSpec, base_record, gpu_directives, job_name, require_account, script_context, walltime
+from kit.jobs.spec import (JobSpec, base_record, gpu_directives, job_name, locked_image, require_account,
+                           script_context, walltime)
 from kit.models.resolve import ModelInfo
 from kit.sites import expand_user_path
 
@@ -79,13 +77,8 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
     # Always set, so a value from the submitting shell never decides: exactly "1" when offline
     # (TGI's router checks == "1", containers.md §1.2).
     env["HF_HUB_OFFLINE"] = "1" if place["offline"] else "0"
-    image_entry = load_lock().entry(engine["serve"]["image"])
-    image = local_image(site, image_entry, account)
-    cuda_error, cuda_warning = cuda_problem(image_entry, site)
-    if cuda_error:
-        raise KitError(f"{engine['label']} {engine['version']}: {cuda_error}")
-    if cuda_warning:
-        warnings.append(f"{engine['label']} {engine['version']}: {cuda_warning}")
+    image, image_entry = locked_image(site, engine["serve"]["image"], account,
+                                      f"{engine['label']} {engine['version']}", warnings)
     directives = gpu_directives(site, plan, name=name, account=account, limit=limit, job_dir=job_dir,
                                 signal_lead_s=signal_lead_s)
     directives += [render.directive(*d.split("=", 1)) if "=" in d else render.directive(d) for d in sbatch]

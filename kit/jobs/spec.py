@@ -143,3 +143,21 @@ def base_record(task: str, site, account: str | None, plan: dict, *, name: str, 
         "login_host": site.login_host,
         "accounting": site.accounting,
     }
+
+
+def locked_image(site, image_name: str, account: str | None, label: str, warnings: list[str]) -> tuple[Path, dict]:
+    """The lock's image for a job on this site: its path in the site's image directory and its
+    lock entry. An image the site's driver cannot run is a KitError; one that runs only through
+    CUDA minor-version compatibility adds a warning. (Submit checks the file against the lock.)"""
+    from kit.images.cuda import cuda_problem
+    from kit.images.lock import load_lock
+    from kit.images.store import local_image
+
+    entry = load_lock().entry(image_name)
+    path = local_image(site, entry, account)
+    error, warning = cuda_problem(entry, site)
+    if error:
+        raise KitError(f"{label}: {error}")
+    if warning:
+        warnings.append(f"{label}: {warning}")
+    return path, entry

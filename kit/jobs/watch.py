@@ -133,16 +133,21 @@ def job_states(records: Iterable[JobRecord]) -> dict[str, slurm.JobState]:
     return WATCHER.states(records)
 
 
-def job_files(record: JobRecord) -> tuple:
-    """What the job itself last wrote into its record (endpoint.json, `failed`): when it changes,
-    the job has moved on (started, got ready, stopped), so Slurm is worth asking at once."""
+def mtimes(*paths: Path) -> tuple:
+    """Each file's modification time (None when it is not there): what changes when a job writes."""
     stamps = []
-    for name in ("endpoint.json", "failed"):
+    for path in paths:
         try:
-            stamps.append((record.dir / name).stat().st_mtime_ns)
+            stamps.append(path.stat().st_mtime_ns)
         except OSError:
             stamps.append(None)
     return tuple(stamps)
+
+
+def job_files(record: JobRecord) -> tuple:
+    """What the job itself last wrote into its record (endpoint.json, `failed`): when it changes,
+    the job has moved on (started, got ready, stopped), so Slurm is worth asking at once."""
+    return mtimes(record.dir / "endpoint.json", record.dir / "failed")
 
 
 def watch(record: JobRecord, *, interval: float = TICK_S, timeout: float | None = None,
@@ -183,14 +188,8 @@ def wait_for(record: JobRecord, timeout: float, on_change: Callable[[Status], No
 def training_files(record: JobRecord) -> tuple:
     """What a fine-tuning job last wrote: `failed` in its record; run.json (a start or restart) and
     summary.json (the end) in its output directory. A change is worth asking Slurm about at once."""
-    out = record.data.get("output_dir") or ""
-    stamps = []
-    for path in (record.dir / "failed", Path(out) / "run.json", Path(out) / "summary.json"):
-        try:
-            stamps.append(path.stat().st_mtime_ns)
-        except OSError:
-            stamps.append(None)
-    return tuple(stamps)
+    out = Path(record.data.get("output_dir") or "")
+    return mtimes(record.dir / "failed", out / "run.json", out / "summary.json")
 
 
 def wait_trained(record: JobRecord, timeout: float, on_change: Callable[[Status], None] | None = None,

@@ -25,7 +25,6 @@ from kit.service.registry import Service, check_name, services_root
 RENEW_MODES = ("queue", "overlap", "off")
 DRAIN_S = 20  # requests in flight finish within this after a hand-over or stop
 HANDOVER_DELAY_S = 5  # the old generation still answers clients that resolved it just before
-LIVE_STATES = ("queued", "starting", "ready", "restarting", "requeued", "stopped", "exited", "handed-over")
 
 
 @dataclass
