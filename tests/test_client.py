@@ -35,7 +35,9 @@ class RecordingChat(LocalHTTPStub):
         if body.get("stream"):
             chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]}
-            events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+            usage = {**chunk, "choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+            last = f"data: {json.dumps(usage)}\n\n" if (body.get("stream_options") or {}).get("include_usage") else ""
+            events = f"data: {json.dumps(chunk)}\n\n{last}data: [DONE]\n\n".encode()
             self.send(req, 200, {"Content-Type": "text/event-stream"}, events)
             return
         out = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -69,3 +71,6 @@ def test_an_interactive_chat_resends_the_whole_conversation(tmp_path):
                                                               {"role": "user", "content": "second question"}]
             assert {r["auth"] for r in server.requests} == {"Bearer the-key"}
             assert {r["model"] for r in server.requests} == {"recorder"}  # the server's own name
+            # A streamed turn asks for the token counts (a shared service's guard counts them per lab).
+            assert {json.dumps(r.get("stream_options")) for r in server.requests} == \
+                {'{"include_usage": true}' if stream else "null"}

@@ -109,7 +109,9 @@ def test_a_job_checkpoints_requeues_resumes_and_finishes(lab):
     assert signal.returncode == 0, signal.stderr
 
     # The trainer checkpoints and exits 75; the job requeues itself: the same job, pending again.
-    requeued = poll(lab, lambda s: s["state"].startswith("PENDING"), timeout=120)
+    # Reason BeginTime: Slurm has processed the first run's end (it sets the hold then); forcing the
+    # start before that races the first run's completion message.
+    requeued = poll(lab, lambda s: s["state"].startswith("PENDING") and s["reason"] == "BeginTime", timeout=120)
     assert requeued[-1]["job_id"] == job_id and not requeued[-1]["progress"]["finished"]
     assert "Restarts=1" in slurm_job(job_id)
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())

@@ -169,10 +169,18 @@ def test_keys_per_lab_revocation_and_usage(staff, services):
 
     # Each lab calls the service by name with `kit chat`; kit-other holds no key.
     sent = {LAB_A: 0, LAB_B: 0}
+    # lab-a streams (its tokens then come from the stream's last chunk, which kit asks for).
     for lab in (LAB_A, LAB_B, LAB_A):
-        r = kit_as(lab, lab_env(staff, lab), "chat", "q", "Hello", "--max-tokens", "3", "--no-stream")
+        stream = [] if lab == LAB_A else ["--no-stream"]
+        r = kit_as(lab, lab_env(staff, lab), "chat", "q", "Hello", "--max-tokens", "3", *stream)
         assert r.returncode == 0 and r.stdout.strip(), r.stderr
         sent[lab] += 1
+    # What a lab sees: the service's state and URL (read from the shared directory), no key in it.
+    r = kit_as(LAB_B, lab_env(staff, LAB_B), "service", "status", "q", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "ready", r.stderr
+    assert key_a not in r.stdout and key_b not in r.stdout
+    r = kit_as(LAB_B, lab_env(staff, LAB_B), "service", "url", "q")
+    assert r.returncode == 0 and r.stdout.strip() == service_json(staff, "q")["url"], r.stderr
     r = kit_as(OTHER, lab_env(staff, OTHER), "chat", "q", "Hello")
     assert r.returncode != 0 and "you hold no key" in r.stderr, r.stderr
     url = service_json(staff, "q")["url"]
@@ -274,7 +282,7 @@ def test_renewal_keeps_the_name_answering(staff, services):
     for c in clients.values():
         c.start()
     wait_for(lambda: len(set(clients["o"].answers)) >= 2, 200, "an overlap renewal under the client")
-    wait_for(lambda: len(set(clients["q"].answers)) >= 3, 420, "two queue renewals under the client")
+    wait_for(lambda: len(set(clients["q"].answers)) >= 3, 600, "two queue renewals under the client")
     for c in clients.values():
         c.stop()
     assert clients["o"].failures == []  # overlap: the name never went dark

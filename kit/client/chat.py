@@ -20,8 +20,11 @@ def chat(url: str, api_key: str | None, model: str, messages: list[dict], *, max
             out = client.chat_completion(messages=messages, model=model, max_tokens=max_tokens, temperature=temperature)
             return out.choices[0].message.content or ""
         pieces = []
+        # include_usage: the engine ends the stream with its token counts, which a shared
+        # service's guard counts per lab (kit.guard.usage); a chunk with no choices carries them.
         for chunk in client.chat_completion(messages=messages, model=model, max_tokens=max_tokens,
-                                            temperature=temperature, stream=True):
+                                            temperature=temperature, stream=True,
+                                            stream_options={"include_usage": True}):
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
                 pieces.append(delta)

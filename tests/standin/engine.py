@@ -78,6 +78,8 @@ class Engine:
                 yield {**base, "object": "chat.completion.chunk", "choices": [
                     {"index": 0, "delta": {"role": "assistant", "content": piece}, "logprobs": None,
                      "finish_reason": finish if k == len(chunks) - 1 else None}]}
+            if (body.get("stream_options") or {}).get("include_usage"):  # both engines: a last chunk, no choices
+                yield {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
             yield "[DONE]"
 
         return 200, events()
