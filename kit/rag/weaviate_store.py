@@ -61,9 +61,11 @@ class WeaviateStore:
                                 Property(name="source", data_type=DataType.TEXT, tokenization=Tokenization.FIELD),
                                 Property(name="chunk", data_type=DataType.INT)],
                     vector_config=Configure.Vectors.self_provided())
-            elif (self._col().config.get().description or "") != description:
-                raise KitError(f"--collection {self.collection}: built with another embedding model "
-                               f"({self._col().config.get().description}); use another --collection")
+            else:
+                built = (self._col().config.get().description or "").removeprefix("kit-rag ")
+                if built != description.removeprefix("kit-rag "):
+                    raise KitError(f"--collection {self.collection}: built with {built or 'no recorded model'}, "
+                                   f"not model={model} dim={dim}; use another --collection")
         except self._errors as e:
             raise _error(self.label, e) from None
 
