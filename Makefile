@@ -8,7 +8,7 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export HF_HUB_DISABLE_TELEMETRY := 1
 
 .PHONY: setup setup-test demo rag-demo test slurm-up slurm-down bench images pull-images verify-images clean
-IMAGES := tgi vllm finetune weaviate tei
+IMAGES := tgi vllm finetune weaviate tei tei-cpu
 SITE_ARGS := $(if $(SITE),--site $(SITE)) $(if $(ACCOUNT),--account $(ACCOUNT))
 
 $(BIN)/python:

@@ -43,11 +43,12 @@ def warn(warnings: list[str]) -> None:
         click.echo(f"kit: warning: {warning}", err=True)
 
 
-def submit_or_print(job, *, dry_run: bool, as_json: bool):
+def submit_or_print(job, *, dry_run: bool, as_json: bool, submit=None):
     """--dry-run prints the script; otherwise submit (the library checks the image against the
-    lock first) and return the record, or print it as JSON. The warnings follow either way."""
-    from kit.jobs.submit import submit
-
+    lock first; ``submit`` replaces kit.jobs.submit.submit) and return the record, or print it as
+    JSON. The warnings follow either way."""
+    if submit is None:
+        from kit.jobs.submit import submit
     if dry_run:
         warn(job.warnings)
         click.echo(job.script, nl=False)

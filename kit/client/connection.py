@@ -61,4 +61,8 @@ def target(ref: str, site: str | None = None, api_key_file: str | None = None) -
     if url is None:
         raise KitError(f"job {record.job_id} has no endpoint yet: `kit wait {record.job_id}` first")
     key = read_key_file(api_key_file) if api_key_file else record.api_key()
-    return url, key, engines.chat_model(record.data["engine"], record.data["served_model_name"])
+    engine = record.data.get("generator_engine") or record.data["engine"]  # a RAG stack: its own generator
+    if record.data.get("task") == "rag-stack" and not record.data.get("generator_engine"):
+        raise KitError(f"job {record.job_id} ({record.name}) is a RAG stack that runs no generator "
+                       f"(`kit rag up --model` starts one)")
+    return url, key, engines.chat_model(engine, record.data["served_model_name"])

@@ -18,7 +18,9 @@ from kit.resources import bundled_dir
 
 LOCK_KEYS = ("def", "version", "upstream", "digest", "cuda", "sif", "sif_sha256", "sif_size", "runtime_version", "built",
              "pushed")
-OPTIONAL_KEYS = ("unverified",)  # why the upstream tag is not confirmed to exist; removed once its digest resolves
+# unverified: why the upstream tag is not confirmed to exist (removed once its digest resolves);
+# ptx_jit: true when the image's kernels are PTX the driver compiles at start (kit.images.cuda).
+OPTIONAL_KEYS = ("unverified", "ptx_jit")
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -88,6 +90,8 @@ def load_lock(path: Path | None = None) -> Lock:
         if entry.get("unverified") is not None and entry["digest"] != "unresolved":
             raise KitError(f"{path}: images.{name}.unverified: the digest is resolved, so the tag exists: remove "
                            f"unverified (`kit images lock {name}` does)")
+        if entry.get("ptx_jit") not in (None, True, False):
+            raise KitError(f"{path}: images.{name}.ptx_jit: true or false")
         if entry["digest"] != "unresolved" and not DIGEST.match(str(entry["digest"])):
             raise KitError(f"{path}: images.{name}.digest: {entry['digest']!r} is neither 'unresolved' nor sha256:<64 hex>")
         if entry["sif_sha256"] is not None and not re.match(r"^[0-9a-f]{64}$", str(entry["sif_sha256"])):

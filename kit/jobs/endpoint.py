@@ -18,11 +18,12 @@ def endpoint_url(record: JobRecord) -> str | None:
     return f"http://{ep['host']}:{ep['port']}"
 
 
-def health(url: str, timeout: float = 3.0) -> int | None:
-    """HTTP status of GET url/health, or None when nothing answers (no proxy: it is a node)."""
+def health(url: str, timeout: float = 3.0, path: str = "/health") -> int | None:
+    """HTTP status of GET url/health (or the endpoint's own ``path``: a RAG stack of Weaviate alone
+    answers on its readiness route), or None when nothing answers (no proxy: it is a node)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(f"{url}/health", timeout=timeout) as resp:
+        with opener.open(f"{url}{path}", timeout=timeout) as resp:
             return resp.status
     except urllib.error.HTTPError as e:
         return e.code

@@ -14,7 +14,7 @@ from pathlib import Path
 from kit.errors import KitError
 from kit.jobs import render
 from kit.jobs.record import ensure_writable, state_root
-from kit.jobs.spec import (JobSpec, base_record, gpu_directives, job_name, locked_image, require_account,
+from kit.jobs.spec import (JobSpec, base_record, job_directives, job_name, locked_image, require_account,
                            script_context, walltime)
 from kit.resources import packaged_yaml
 from kit.sites import expand_user_path
@@ -132,7 +132,7 @@ def build(site, cfg, config_path: Path, model, plan: dict, *, account: str | Non
     binds += [f"{d}:{d}:ro" for d in dict.fromkeys(str(Path(p).parent) for p in files)]
     binds += [f"{job_dir}:{job_dir}:ro", f"{cache}:{cache}", f"{output_dir}:{output_dir}"]
     image, image_entry = locked_image(site, f["image"], account, "fine-tuning image", warnings)
-    directives = gpu_directives(site, plan, name=name, account=account, limit=limit, job_dir=job_dir,
+    directives = job_directives(site, plan, name=name, account=account, limit=limit, job_dir=job_dir,
                                 signal_lead_s=margin,
                                 extra=("--requeue", render.directive("--open-mode", "append")))
     script = render.render(

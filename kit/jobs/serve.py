@@ -12,7 +12,7 @@ from kit.errors import KitError
 from kit.jobs import render
 from kit.jobs.adapters import adapter_specs
 from kit.jobs.record import ensure_writable, state_root
-from kit.jobs.spec import (JobSpec, base_record, gpu_directives, job_name, locked_image, require_account,
+from kit.jobs.spec import (JobSpec, base_record, job_directives, job_name, locked_image, require_account,
                            script_context, walltime)
 from kit.models.resolve import ModelInfo
 from kit.sites import expand_user_path
@@ -38,10 +38,11 @@ def placement(model: ModelInfo) -> dict:
 def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str | None, adapters: list[str],
           name: str | None, ready_timeout_s: int, request: dict, job_dir: Path | None = None,
           template: str | None = None, context: dict | None = None, sbatch: tuple[str, ...] = (),
-          signal_lead_s: int | None = None) -> JobSpec:
-    """The serving job. A shared service (kit.service) passes its own ``job_dir``, a ``template``
-    that extends the engine's (given as ``engine_template``), more ``context``, more ``sbatch``
-    directives and an earlier ``signal_lead_s`` for short walltimes."""
+          signal_lead_s: int | None = None, description: str | None = None) -> JobSpec:
+    """The serving job. A shared service (kit.service) or a RAG stack (kit.rag.stack) passes its
+    own ``job_dir``, a ``template`` that extends the engine's (given as ``engine_template``), more
+    ``context``, more ``sbatch`` directives, an earlier ``signal_lead_s`` for short walltimes and
+    the script's ``description``."""
     if not plan["fits"]:
         hint = f"; {plan['suggestion']['text']}" if plan.get("suggestion") else ""
         raise KitError(f"{model.name} does not fit on {site.name} with these options{hint} (see `kit plan serve`)")
@@ -79,7 +80,7 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
     env["HF_HUB_OFFLINE"] = "1" if place["offline"] else "0"
     image, image_entry = locked_image(site, engine["serve"]["image"], account,
                                       f"{engine['label']} {engine['version']}", warnings)
-    directives = gpu_directives(site, plan, name=name, account=account, limit=limit, job_dir=job_dir,
+    directives = job_directives(site, plan, name=name, account=account, limit=limit, job_dir=job_dir,
                                 signal_lead_s=signal_lead_s)
     directives += [render.directive(*d.split("=", 1)) if "=" in d else render.directive(d) for d in sbatch]
     script = render.render(
@@ -87,8 +88,8 @@ def build(site, model: ModelInfo, plan: dict, *, account: str | None, time: str 
         engine_template=engine["serve"]["template"],
         **(context or {}),
         **script_context(site, account, job_dir=job_dir, directives=directives, image=image,
-                         description=f"serve {model.name} with {engine['label']} {engine['version']} on "
-                                     f"{plan['gpus']}x {plan['gpu_type']}"),
+                         description=description or f"serve {model.name} with {engine['label']} "
+                                                    f"{engine['version']} on {plan['gpus']}x {plan['gpu_type']}"),
         model=place,
         writable_dirs=writable,
         port_range=site.network.port_range,

@@ -70,6 +70,10 @@ def job_name(stem: str, prefix: str, name: str | None) -> str:
 
 
 def host_resources(site, plan: dict) -> tuple[int, int]:
+    """(CPUs, GiB of memory) the job asks for: per GPU as the site says, capped by the node; a
+    plan without GPUs names its own (``cpus``, ``mem_gib``)."""
+    if not plan["gpus"]:
+        return plan["cpus"], plan["mem_gib"]
     tier = site.partitions[plan["partition"]].gpu_tiers[plan["gpu_type"]]
     per_node = plan["gpus"] // plan["nodes"]
     cpus = site.defaults.cpus_per_gpu * per_node
@@ -81,10 +85,11 @@ def host_resources(site, plan: dict) -> tuple[int, int]:
     return cpus, mem
 
 
-def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: str, job_dir: Path,
+def job_directives(site, plan: dict, *, name: str, account: str | None, limit: str, job_dir: Path,
                    signal_lead_s: int | None = None, extra: tuple[str, ...] = ()) -> list[str]:
-    """The #SBATCH lines of a GPU job as planned (USR1 ``signal_lead_s`` before the walltime,
-    then the job kind's ``extra`` directives), after the site's own additions and drops."""
+    """The #SBATCH lines of a job as planned, with GPUs (``gres``, ``constraint``) or without
+    (USR1 ``signal_lead_s`` before the walltime, then the job kind's ``extra`` directives), after
+    the site's own additions and drops."""
     cpus, mem = host_resources(site, plan)
     directives = [
         render.directive("--job-name", name),
@@ -92,8 +97,8 @@ def gpu_directives(site, plan: dict, *, name: str, account: str | None, limit: s
         render.directive("--partition", plan["partition"]),
         render.directive("--nodes", plan["nodes"]),
         render.directive("--ntasks-per-node", 1),
-        render.directive("--gres", plan["gres"]),
-        *([render.directive("--constraint", plan["constraint"])] if plan["constraint"] else []),
+        *([render.directive("--gres", plan["gres"])] if plan.get("gres") else []),
+        *([render.directive("--constraint", plan["constraint"])] if plan.get("constraint") else []),
         render.directive("--cpus-per-task", cpus),
         render.directive("--mem", f"{mem}G"),
         render.directive("--time", limit),

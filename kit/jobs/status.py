@@ -76,7 +76,8 @@ def status(record: JobRecord, check_health: bool = True, state: slurm.JobState |
         return Status(record, state, None, None, training(record.data["output_dir"]))
     url = endpoint_url(record)
     alive = state.state.startswith("RUNNING")
-    code = health(url) if (check_health and url and alive) else None
+    path = (record.endpoint() or {}).get("health") or "/health"
+    code = health(url, path=path) if (check_health and url and alive) else None
     return Status(record, state, url, code)
 
 

@@ -148,7 +148,7 @@ def stack_generator(stack: str, site: str | None, max_tokens: int = 256) -> Serv
 
     served = ServedGenerator.__new__(ServedGenerator)
     served.url, served.key, served.max_tokens, served.name = f"http://{ep['host']}:{gen['port']}", key, max_tokens, stack
-    served.model = engines.chat_model(data["engine"], data["served_model_name"])
+    served.model = engines.chat_model(data["generator_engine"], data["served_model_name"])
     return served
 
 

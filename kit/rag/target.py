@@ -1,7 +1,8 @@
 """Which store and which embedder a command means: ``--store local:DIR`` (or nothing: the local
 store under kit's state dir) embeds in process; ``--store weaviate:URL`` is a Weaviate server of
 one's own (gRPC port in ``?grpc=``, key in KIT_WEAVIATE_API_KEY) embedded in process; ``--stack
-JOB`` is a running `kit rag up` job: its Weaviate and its TEI, with the job's key."""
+JOB`` is a running `kit rag up` job: its Weaviate and its TEI (or, for Weaviate alone, the model in
+process), with the job's key."""
 
 from __future__ import annotations
 
@@ -62,7 +63,10 @@ def open_target(*, stack: str | None, store: str | None, collection: str | None,
         host, services = ep["host"], ep["services"]
         weaviate = WeaviateStore(f"http://{host}:{services['weaviate']['port']}", int(services["weaviate"]["grpc_port"]),
                                  key, collection, label=f"stack {data['name']}")
-        embedder = TEIEmbedder(f"http://{host}:{services['tei']['port']}", key, data["embed_model"])
+        if "tei" in services:
+            embedder = TEIEmbedder(f"http://{host}:{services['tei']['port']}", key, data["embed_model"])
+        else:  # Weaviate alone (`kit rag up --cpu`): kit embeds in process
+            embedder = LocalEmbedder(embed_model)
         return Target(weaviate, embedder)
     scheme, rest = parse_store(store)
     if scheme == "local":

@@ -8,9 +8,12 @@ per module:
 - `model.py`: the model, loaded with transformers on CPU, greedy; `tiny_model.py` writes a tiny
   real chat model (`python tests/standin/tiny_model.py DIR`).
 - `tgi.py`, `vllm.py`: `text-generation-launcher` and `vllm serve`: their flags, handlers and key rules.
+- `weaviate.py`, `tei.py`: the RAG stack's Weaviate server (its environment, listeners, routes, API-key
+  rules, Raft state per node name) and TEI's `text-embeddings-router` (real sentence-transformers
+  embeddings behind TEI's key rule); KIT_STANDIN_EXIT_DIR/NAME makes either exit, as a dying service.
 - `runtime.py`: `singularity`/`apptainer` exec and run on the host (binds, env prefixes, --env,
   --cleanenv, runscript, the JSONL call log); `images.py`: their build, pull, push, inspect.
-- `site.py`: a site layer that serves with all of the above; `bin/`: the commands.
+- `site.py`: a site layer that runs jobs with all of the above; `bin/`: the commands.
 
 Use:
     export PATH="$PWD/tests/standin/bin:$PATH"

@@ -1,6 +1,6 @@
-"""What both engine stand-ins share: the hooks for each engine's key rule and errors, the cheap answer of
-a listed route the stand-in does not implement, and the OpenAI chat and completions routes (what kit's
-client and huggingface_hub's InferenceClient use)."""
+"""What the server stand-ins share: the hooks for each server's key rule and errors, the cheap answer of
+a listed route the stand-in does not implement, and, for the two generation engines, the OpenAI chat and
+completions routes (what kit's client and huggingface_hub's InferenceClient use)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ class Engine:
 
     def __init__(self, model, max_total: int):
         self.model, self.max_total, self.requests = model, max_total, 0
+
+    def authorize(self, method: str, path: str, header: str | None) -> None:
+        """Raise the engine's refusal when the request needs the key and does not carry it."""
+        if self.needs_key(method, path) and not self.key_ok(header):
+            raise HTTPError(*self.unauthorized)
 
     def needs_key(self, method: str, path: str) -> bool:
         raise NotImplementedError

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 FLAGS_FILE = Path(__file__).resolve().parents[1] / "engine_flags.yaml"
-PROG = {"tgi": "text-generation-launcher", "vllm": "vllm serve"}
+PROG = {"tgi": "text-generation-launcher", "vllm": "vllm serve", "tei": "text-embeddings-router"}
 
 
 def usage_error(engine: str, message: str):
@@ -32,6 +32,7 @@ def parse(engine: str, argv: list[str], environ) -> tuple[dict, list[str]]:
     pinned = spec(engine)
     known, short, choices = pinned["flags"], pinned.get("short", {}), pinned.get("choices", {})
     multi, negated = set(pinned.get("multi_value", [])), set(pinned.get("no_forms", []))
+    optional = set(pinned.get("optional_value", []))
     args: dict = {}
     positional: list[str] = []
     i = 0
@@ -47,6 +48,9 @@ def parse(engine: str, argv: list[str], environ) -> tuple[dict, list[str]]:
         name = short.get(name, name)
         if name not in known:
             usage_error(engine, f"unrecognized argument '{name}'")
+        if not known[name] and eq and name in optional:
+            args[name] = inline.lower() in ("1", "true", "on", "yes")
+            continue
         if not known[name]:
             if eq:
                 usage_error(engine, f"{name} takes no value")

@@ -5,7 +5,8 @@ doing to the command line and the environment what the runtime does, for what ki
 
 - options: switches such as --nv and --cleanenv; --bind SRC[:DST[:ro|rw]] (SRC must exist; a
   container path under DST is rewritten to SRC in the arguments and the environment); --env K=V.
-- environment: the host's (none with --cleanenv/--containall), then the image's %environment,
+- environment: the host's (none with --cleanenv/--containall, but the stand-ins' own KIT_STANDIN_*
+  settings), then the image's %environment,
   then `<PREFIX>X=v` as `X=v` (SingularityCE: SINGULARITYENV_; Apptainer: APPTAINERENV_, else
   SINGULARITYENV_ with a deprecation warning), then --env. The prefixed variables are removed.
 - `run` runs the image's %runscript with /bin/sh. The command is exec()ed: it keeps the runtime's
@@ -31,7 +32,7 @@ MAGIC = "#!kit-standin image"
 SWITCHES = {"--nv", "--nvccli", "--rocm", "--cleanenv", "-e", "--containall", "-C", "--contain", "-c",
             "--no-home", "--writable-tmpfs", "--no-eval", "--compat", "--no-init", "--no-umask"}
 CLEAN = {"--cleanenv", "-e", "--containall", "-C", "--compat"}
-CLEAN_KEEP = ("HOME", "USER", "LOGNAME", "TERM", "LANG", "KIT_STANDIN_PYTHON", "KIT_STANDIN_LOG")
+CLEAN_KEEP = ("HOME", "USER", "LOGNAME", "TERM", "LANG", "KIT_STANDIN_PYTHON", "KIT_STANDIN_LOG", "KIT_STANDIN_EXIT_DIR")
 
 
 def fatal(message: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -14,25 +15,32 @@ STANDIN = Path(__file__).resolve().parent
 ROOT = STANDIN.parents[1]
 
 
+def runscript(name: str, drop: tuple[str, ...] = ()) -> str:
+    """containers/NAME.def's own %runscript, less the lines that need the real image (``drop``), with
+    the image's programs called by name: the stand-ins in bin/ come first on the container's PATH."""
+    text = (ROOT / "containers" / f"{name}.def").read_text().split("%runscript", 1)[1].split("\n%", 1)[0]
+    lines = [re.sub(r"\bexec /(?:usr/local/)?bin/", "exec ", line.strip()) for line in text.splitlines()]
+    return "\n    ".join(line for line in lines if line and not line.startswith(("#", *drop)))
+
+
 def tgi_runscript() -> str:
     """containers/tgi.def's own %runscript, less what needs the real image (its ldconfig and venv)."""
-    text = (ROOT / "containers" / "tgi.def").read_text().split("%runscript", 1)[1].split("\n%", 1)[0]
-    lines = [line.strip() for line in text.splitlines()]
-    return "\n    ".join(line for line in lines
-                          if line and not line.startswith(("#", "ldconfig", ". /usr/src/.venv")))
+    return runscript("tgi", ("ldconfig", ". /usr/src/.venv"))
 
 
-def standin_site(base: Path) -> dict:
-    """Tiny model, stand-in images and a user site layer under ``base``; returns the environment
-    (to pass to `kit`) and the paths."""
+def standin_site(base: Path, layer: dict | None = None) -> dict:
+    """Tiny model, stand-in images (TGI, vLLM, Weaviate, TEI on GPU and CPU) and a user site layer
+    (``layer`` adds to it) under ``base``; returns the environment (to pass to `kit`) and the paths."""
     from standin.runtime import MAGIC
     from standin.tiny_model import build_tiny_chat_model
 
     model = build_tiny_chat_model(base / "models" / "tiny-chat")
     images = base / "images"
     images.mkdir(parents=True, exist_ok=True)
-    for sif, runscript in (("tgi-3.3.7.sif", tgi_runscript()), ("vllm-0.19.1.sif", 'exec vllm serve "$@"')):
-        (images / sif).write_text(f'{MAGIC}\nBootstrap: docker\n%runscript\n    {runscript}\n')
+    for sif, script in (("tgi-3.3.7.sif", tgi_runscript()), ("vllm-0.19.1.sif", 'exec vllm serve "$@"'),
+                        ("weaviate-1.40.3.sif", runscript("weaviate")), ("tei-1.9.3.sif", runscript("tei")),
+                        ("tei-cpu-1.9.3.sif", runscript("tei-cpu"))):
+        (images / sif).write_text(f'{MAGIC}\nBootstrap: docker\n%runscript\n    {script}\n')
     # A lock that knows these stand-in images' checksums, as staff's build would record them.
     lock = yaml.safe_load((ROOT / "containers" / "images.lock").read_text())
     for name, entry in lock["images"].items():
@@ -42,7 +50,7 @@ def standin_site(base: Path) -> dict:
     (base / "images.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     xdg = base / "xdg"
     (xdg / "kit" / "sites").mkdir(parents=True, exist_ok=True)
-    layer = {
+    settings = {
         "accounting": False,
         "account": {"default": "p12345"},
         "runtime": {"module": None, "binds": [], "cache_dir": str(base / "rt-cache"), "tmp_dir": str(base / "rt-tmp")},
@@ -52,7 +60,10 @@ def standin_site(base: Path) -> dict:
         # per-node reservation.
         "network": {"port_range": [20000, 20009]},
     }
-    (xdg / "kit" / "sites" / "quest.yaml").write_text(yaml.safe_dump(layer))
+    for key, value in (layer or {}).items():
+        layer_value = settings.get(key)
+        settings[key] = dict(layer_value, **value) if isinstance(layer_value, dict) else value
+    (xdg / "kit" / "sites" / "quest.yaml").write_text(yaml.safe_dump(settings))
     env = {
         "XDG_CONFIG_HOME": str(xdg),
         "KIT_STATE_DIR": str(base / "state"),

@@ -1,5 +1,6 @@
-"""The stand-ins themselves: the tiny model, the engine stand-ins (TGI and vLLM) and the container
-runtime stand-in. Everything runs for real on the CPU; nothing is downloaded.
+"""The stand-ins themselves: the tiny model, the engine stand-ins (TGI and vLLM), Weaviate's, TEI's flags and
+the container runtime stand-in. Everything runs for real on the CPU; nothing is downloaded. (TEI's
+embeddings are checked through a running RAG stack job in tests/test_rag_stack.py.)
 
 The two serving engines are started once for the module (in parallel, through the runtime stand-in:
 `singularity run IMAGE ...` for TGI, `apptainer exec IMAGE vllm serve ...` for vLLM) and stopped
@@ -811,6 +812,103 @@ def test_spython_client_drives_the_stand_in(images, monkeypatch, capsys):
     assert calls.count(["singularity", "--version"]) == 7  # version() and every command's check_install()
 
 
+# --- Weaviate (the RAG stack's vector database) --------------------------------------------------------
+
+WEAVIATE_KEY = "weaviate-key-789"
+
+
+def weaviate_env(base: Path, node: str = "kit-rag-node", **overrides) -> dict:
+    """What kit's stack job gives Weaviate (SINGULARITYENV_*), with fresh ports; None drops a variable."""
+    rpc = free_port()
+    settings = {"PERSISTENCE_DATA_PATH": "/var/lib/weaviate", "CLUSTER_HOSTNAME": node, "RAFT_JOIN": f"{node}:{rpc}",
+                "RAFT_BOOTSTRAP_EXPECT": "1", "GRPC_PORT": free_port(), "CLUSTER_GOSSIP_BIND_PORT": free_port(),
+                "CLUSTER_DATA_BIND_PORT": free_port(), "RAFT_PORT": free_port(), "RAFT_INTERNAL_RPC_PORT": rpc,
+                "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "false", "AUTHENTICATION_APIKEY_ENABLED": "true",
+                "AUTHENTICATION_APIKEY_ALLOWED_KEYS": WEAVIATE_KEY, "AUTHENTICATION_APIKEY_USERS": "kit",
+                "DISABLE_TELEMETRY": "true", "GO_PROFILING_DISABLE": "true", "CLUSTER_BIND_ADDR": "127.0.0.1",
+                "CLUSTER_BASIC_AUTH_USERNAME": "kit", "CLUSTER_BASIC_AUTH_PASSWORD": "pw"}
+    settings.update(overrides)
+    return standin_env(base, **{f"SINGULARITYENV_{k}": str(v) for k, v in settings.items() if v is not None})
+
+
+def start_weaviate(base: Path, env: dict, data: Path | None, port: int) -> subprocess.Popen:
+    image = stand_in_image(base / "weaviate.sif", 'exec weaviate "$@"')
+    binds = ["--bind", f"{data}:/var/lib/weaviate"] if data else []
+    return subprocess.Popen(["singularity", "run", "--cleanenv", "--containall", *binds, str(image), "--host", "127.0.0.1",
+                             "--port", str(port), "--scheme", "http"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("overrides, data, message", [
+    ({"CLUSTER_HOSTNAME": None}, True, "CLUSTER_HOSTNAME is not set"),
+    ({"RAFT_JOIN": "other-node"}, True, "RAFT_JOIN='other-node': a one-node cluster joins itself"),
+    ({"RAFT_BOOTSTRAP_EXPECT": "3"}, True, "RAFT_BOOTSTRAP_EXPECT='3'"),
+    ({"GRPC_PORT": None}, True, "GRPC_PORT is not set"),
+    ({"CLUSTER_BIND_ADDR": None}, True, "CLUSTER_BIND_ADDR=0.0.0.0"),
+    ({"AUTHENTICATION_APIKEY_ALLOWED_KEYS": None}, True, "need at least one valid allowed key"),
+    ({}, False, "mkdir /var/lib/weaviate/raft: read-only file system"),  # the data directory was not bound
+])
+def test_weaviate_refuses_what_a_slurm_job_cannot_run_with(tmp_path, overrides, data, message):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    proc = start_weaviate(tmp_path, weaviate_env(tmp_path, **overrides), folder if data else None, free_port())
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and message in out, out
+
+
+def test_weaviate_keys_readiness_and_raft_state_per_node(tmp_path):
+    """Its 401s (no key, a wrong key), the routes open without a key, a taken port, and data whose Raft
+    state belongs to another node name: never ready."""
+    data = tmp_path / "data"
+    data.mkdir()
+    port = free_port()
+    env = weaviate_env(tmp_path)
+    proc = start_weaviate(tmp_path, env, data, port)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if http("GET", url + "/v1/.well-known/ready", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        status, body = http("GET", url + "/v1/meta")
+        assert status == 401 and b"anonymous access not enabled" in body
+        status, body = http("GET", url + "/v1/meta", headers={"Authorization": "Bearer wrong"})
+        assert status == 401 and b"invalid api key" in body
+        status, body = http("GET", url + "/v1/meta", headers={"Authorization": f"Bearer {WEAVIATE_KEY}"})
+        assert status == 200 and json.loads(body)["hostname"] == url
+        assert http("GET", url + "/v1")[0] == 200 and http("GET", url + "/v1/schema")[0] == 401
+        assert http("GET", url + "/v1/no-such-route")[0] == 404
+        taken = start_weaviate(tmp_path, dict(env), data, free_port())  # the same gRPC and Raft ports
+        out, _ = taken.communicate(timeout=30)
+        assert taken.returncode == 1 and "bind: address already in use" in out, out
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert (data / "raft" / "kit-standin-node").read_text().strip() == "kit-rag-node"
+    port = free_port()
+    proc = start_weaviate(tmp_path, weaviate_env(tmp_path, node="another-node"), data, port)
+    try:
+        time.sleep(3)
+        assert http("GET", f"http://127.0.0.1:{port}/v1/.well-known/ready", timeout=5)[0] == 503
+        assert http("GET", f"http://127.0.0.1:{port}/v1/.well-known/live", timeout=5)[0] == 200
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "belongs to node kit-rag-node, not another-node" in out
+
+
+def test_tei_flags_take_an_optional_value():
+    assert flags.parse("tei", ["--model-id", "/m", "--auto-truncate"], {})[0]["--auto-truncate"] is True
+    assert flags.parse("tei", ["--model-id", "/m", "--auto-truncate=false"], {})[0]["--auto-truncate"] is False
+    args = flags.parse("tei", ["--model-id", "/m"], {"API_KEY": "k", "PORT": "80"})[0]
+    assert args["--api-key"] == "k" and args["--port"] == "80"
+    with pytest.raises(SystemExit):
+        flags.parse("tei", ["--model-id", "/m", "--no-such-flag"], {})
+
+
 # --- last: logs and SIGTERM -----------------------------------------------------------------------------
 
 def test_zz_sigterm_stops_engines_and_logs_hold_no_keys(engines):
@@ -831,3 +929,4 @@ def test_zz_sigterm_stops_engines_and_logs_hold_no_keys(engines):
     for text in (tgi_rest, vllm_log, e.log.read_text()):
         assert TGI_KEY not in text and VLLM_KEY not in text and "Bearer" not in text
         assert TGI_KEY.lower() not in text.lower()
+
