@@ -98,14 +98,17 @@ def test_the_script_requeues_itself_after_a_checkpoint(fixed_env):
         assert needed in job.script.split("# The trainer's environment")[0], needed
 
 
-def test_several_gpus_run_torchrun_and_forward_usr1(fixed_env):
+def test_several_gpus_run_one_trainer_process_per_gpu(fixed_env):
+    """kit's launcher (not bare torchrun): it keeps the workers' exit 75 and gives them the whole
+    signal margin to checkpoint (tests/test_train.py runs it with two processes)."""
     job = build("quest", model_id="meta-llama/Llama-3.1-70B-Instruct",
                 model="/projects/p12345/models/Llama-3.1-70B-Instruct", training={"seq_len": 2048})
     assert job.plan["gpus"] > 1
     argv = trainer_command(job.script)
-    i = argv.index("torchrun")
-    assert argv[i:i + 7] == ["torchrun", "--standalone", "--nproc-per-node", str(job.plan["gpus"]),
-                             "--signals-to-handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "-m"]
+    i = argv.index("python")
+    assert argv[i:] == ["python", "-m", "kit.train", "/home/labuser/.kit/jobs/" + job.name + "/finetune.yaml",
+                        "--nproc", str(job.plan["gpus"])]
+    assert "torchrun" not in job.script and "&& rc=" not in job.script  # its exit status is the workers'
 
 
 def test_the_job_config_is_the_users_with_the_resolved_model(fixed_env):

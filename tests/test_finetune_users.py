@@ -70,21 +70,30 @@ def lab(slurm_cluster):
     shutil.rmtree(top, ignore_errors=True)
 
 
-def status(lab) -> dict:
-    r = kit_as(OWNER, lab["env"], "status", "lab-ft", "--json")
+def status(lab, name: str = "lab-ft") -> dict:
+    r = kit_as(OWNER, lab["env"], "status", name, "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
 
-def poll(lab, until, timeout: float = 180) -> list[dict]:
+def poll(lab, until, timeout: float = 180, name: str = "lab-ft") -> list[dict]:
     """`kit status --json` every half second until ``until(status)``; every status seen."""
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen.append(status(lab))
+        seen.append(status(lab, name))
         if until(seen[-1]):
             return seen
         time.sleep(0.5)
     raise AssertionError(f"not reached in {timeout} s; last status: {seen[-1] if seen else None}")
+
+
+def start_now(job_id: str) -> None:
+    """Slurm holds a requeued job back for a while before it may start again: not this test's
+    business. Not within the second of the requeue, though: slurmd takes a job started in the second
+    its old credential was revoked for the old one and kills it ("Job credential revoked")."""
+    time.sleep(1.1)
+    update = as_user(OWNER, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    assert update.returncode == 0, update.stderr
 
 
 def slurm_job(job_id: str) -> str:
@@ -117,9 +126,7 @@ def test_a_job_checkpoints_requeues_resumes_and_finishes(lab):
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     interrupted_at = int(checkpoints[-1].split("-")[1])
     assert p["step"] <= interrupted_at < STEPS  # written on the signal, mid-run
-    # Slurm holds a requeued job back for a while before it may start again: not this test's business.
-    update = as_user(OWNER, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
-    assert update.returncode == 0, update.stderr
+    start_now(job_id)
 
     # `kit wait` waits for the end of training (not for "ready"), across the pending spell.
     w = kit_as(OWNER, lab["env"], "wait", "lab-ft", "--timeout", "240", timeout=300)
@@ -160,3 +167,32 @@ def test_the_adapter_is_served_and_a_foreign_base_is_refused(lab):
     assert not (lab["home"] / "state" / "jobs" / "wrong-base").exists()
     queue = subprocess.run(["squeue", "-h", "-n", "wrong-base"], capture_output=True, text=True)
     assert queue.stdout.strip() == ""
+
+
+def test_a_two_gpu_job_trains_sharded_checkpoints_on_usr1_requeues_and_resumes(lab):
+    """`--gpus 2`: the job runs `python -m kit.train CONFIG --nproc 2` (here two CPU processes over
+    gloo, the GPUs being fake); the forwarded USR1 stops both at one step with a sharded checkpoint,
+    the launcher's 75 requeues the job, and the next run resumes with two processes again."""
+    config = lab["config"].with_name("sharded-lora.yaml")
+    config.write_text(lab["config"].read_text().replace("runs/legal-lora", "runs/sharded-lora"))
+    r = kit_as(OWNER, lab["env"], "finetune", str(config), "--time", "00:30:00", "--gpus", "2", "--name", "lab-ft2",
+               "--json")
+    assert r.returncode == 0, r.stderr
+    job_id, out = json.loads(r.stdout)["job_id"], lab["home"] / "runs" / "sharded-lora"
+    job_dir = lab["home"] / "state" / "jobs" / "lab-ft2"
+    assert "finetune.yaml --nproc 2 &" in (job_dir / "job.sbatch").read_text()
+    poll(lab, lambda s: (s["progress"] or {}).get("step", 0) >= EVERY + 5, name="lab-ft2")
+    assert as_user(OWNER, "scancel", "--signal=USR1", "--batch", job_id).returncode == 0
+    poll(lab, lambda s: s["state"].startswith("PENDING"), timeout=120, name="lab-ft2")
+    interrupted_at = int(max(p.name for p in (out / "checkpoints").iterdir()).split("-")[1])
+    assert EVERY + 5 <= interrupted_at < STEPS
+    start_now(job_id)
+    w = kit_as(OWNER, lab["env"], "wait", "lab-ft2", "--timeout", "240", timeout=300)
+    assert w.returncode == 0, w.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["processes"] == 2 and run["resumed_from_step"] == interrupted_at
+    assert len(run["fsdp"]["param_elements_per_process"]) == 2
+    assert json.loads((out / "summary.json").read_text())["steps"] == STEPS
+    log = (job_dir / f"slurm-{job_id}.out").read_text()
+    assert log.count(f"SIGUSR1: stopped after step {interrupted_at}") == 1 and "requeueing job" in log
+    assert "Traceback" not in log

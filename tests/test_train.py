@@ -338,17 +338,209 @@ def test_config_module_imports_light():
     assert out.stdout.strip() == "[]", out.stderr
 
 
-def test_several_processes_without_gpus_are_refused_before_anything_is_written(tiny, tmp_path, monkeypatch):
-    """On a CPU, accelerate would run each torchrun process as if it were alone, all writing one
-    output: refused, with one line, by the launcher and by each process."""
-    extraction_set(tmp_path / "train.jsonl", 4)
-    cfg = write_config(tmp_path, tiny)
-    proc = subprocess.run([sys.executable, "-m", "kit.train", str(cfg), "--nproc", "2"], capture_output=True,
-                          text=True, timeout=120, stdin=subprocess.DEVNULL)
-    assert proc.returncode == 2 and proc.stderr.strip() == "kit: error: --nproc 2: needs 2 GPUs (FSDP), this node shows 0"
-    assert not (tmp_path / "out").exists()
-    from kit.train.trainer import make_accelerator
+# --- several processes: FSDP2 on the CPU (gloo), the same code as on GPUs (NCCL) --------------------
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(KitError, match="2 processes need GPUs"):
-        make_accelerator()
+SHARDED = {"training": {"max_steps": 12, "scheduler": "cosine", "warmup_steps": 2},
+           "checkpoint": {"every_steps": 6, "keep": 3}}
+
+
+def launch(config: Path, nproc: int, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kit.train", str(config), "--nproc", str(nproc)], text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Its end; on a timeout (ranks that disagree hang in a collective) its workers are killed too:
+    they run in sessions of their own."""
+    import psutil
+
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def adapter(out: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(out / "adapter" / "adapter_model.safetensors")
+
+
+def same_tensors(a: dict, b: dict, atol: float = 1e-4) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=atol) for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny, tmp_path_factory) -> Path:
+    """The reference: one process, batch_size 4 (the global batch of two processes with 2 each)."""
+    d = tmp_path_factory.mktemp("one-process")
+    proc = run_trainer(write_config(d, tiny, **{**SHARDED, "training": {**SHARDED["training"], "batch_size": 4}}))
+    assert proc.returncode == 0, proc.stderr
+    return d / "out"
+
+
+def test_two_processes_shard_the_model_and_train_like_one_with_the_same_global_batch(tiny, one_process, tmp_path):
+    """Step k's examples over both ranks are those of one process with twice the batch
+    (trainer.Schedule), and the loss is the mean over all ranks' answer tokens, so the adapter is
+    the same up to float rounding (different padding and summation order). A per-rank token mean
+    would be off by ~0.08 here."""
+    cfg = write_config(tmp_path, tiny, **{**SHARDED, "training": {**SHARDED["training"], "batch_size": 2}})
+    proc = finish(launch(cfg, 2))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    run = json.loads((out / "run.json").read_text())
+    fsdp = run["fsdp"]
+    assert run["processes"] == 2 and fsdp["backend"] == "gloo" and fsdp["device"] == "cpu"
+    shards = fsdp["param_elements_per_process"]  # each rank holds about half of every tensor
+    assert len(shards) == 2 and sum(shards) == fsdp["param_elements"] and max(shards) < 0.55 * fsdp["param_elements"]
+    # Only rank 0 writes and speaks: each step once, one result, no temp directories.
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 13)) and falls([r["loss"] for r in rows])
+    assert proc.stdout.count("kit.train: finished 12 steps") == 1 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["adapter", "checkpoints", "metrics.jsonl", "run.json", "summary.json"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000006", "step-00000012"]
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny)
+    assert [round(r["loss"], 4) for r in rows] == [round(r["loss"], 4) for r in metrics(one_process)]
+    assert same_tensors(adapter(out), adapter(one_process))
+
+
+def test_sigusr1_stops_both_processes_at_one_step_and_a_rerun_resumes_from_the_sharded_checkpoint(
+        tiny, one_process, tmp_path):
+    """USR1 to the launcher (what the job forwards): both ranks finish the same step, write one
+    complete sharded checkpoint and the launcher exits 75; the rerun resumes there and ends with
+    the one-process run's adapter and optimizer state."""
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    cfg = write_config(tmp_path, tiny, **{**SHARDED, "training": {**SHARDED["training"], "batch_size": 2}})
+    out = tmp_path / "out"
+    proc = launch(cfg, 2)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len(metrics(out)) >= 2:
+            proc.send_signal(signal.SIGUSR1)
+            break
+        time.sleep(0.02)
+    stopped_run = finish(proc)
+    assert stopped_run.returncode == 75, stopped_run.stderr
+    stopped = metrics(out)[-1]["step"]
+    assert 2 <= stopped < 12 and stopped_run.stdout.count(f"SIGUSR1: stopped after step {stopped}") == 1
+    assert "Traceback" not in stopped_run.stderr and "kit: error" not in stopped_run.stderr
+    last = checkpoint.latest(out)
+    assert last.name == f"step-{stopped:08d}" and not (out / "summary.json").exists() and not (out / "adapter").exists()
+    assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "rng-0.pt", "rng-1.pt", "scheduler.pt", "state.json"} == \
+        {p.name for p in last.iterdir()}  # a shard from each rank, nothing gathered
+    assert json.loads((last / "state.json").read_text())["processes"] == 2
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+
+    resumed = finish(launch(cfg, 2))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from step-{stopped:08d}" in resumed.stdout
+    assert json.loads((out / "run.json").read_text())["resumed_from_step"] == stopped
+    assert [r["step"] for r in metrics(out)] == list(range(1, 13))  # each step once
+    assert [round(r["loss"], 4) for r in metrics(out)] == [round(r["loss"], 4) for r in metrics(one_process)]
+    assert same_tensors(adapter(out), adapter(one_process))
+    # The sharded checkpoint of the last step holds the one-process run's weights and Adam moments.
+    dcp_to_torch_save(out / "checkpoints" / "step-00000012", tmp_path / "end.pt")
+    end = torch.load(tmp_path / "end.pt", weights_only=False)
+    ref_dir = one_process / "checkpoints" / "step-00000012"
+    ref_opt = torch.load(ref_dir / "optimizer.pt", weights_only=False)["state"]
+    from safetensors.torch import load_file
+
+    ref_weights = load_file(ref_dir / "trainable.safetensors")
+    assert same_tensors(end["model"], ref_weights)
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    # The one-process optimizer numbers the trainable parameters in the model's order.
+    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), one_process / "adapter", is_trainable=True)
+    names = [n for n, p in peft.named_parameters() if p.requires_grad]
+    assert sorted(names) == sorted(ref_weights) and len(ref_opt) == len(names)
+    for i, name in enumerate(names):
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(end["optimizer"]["state"][name][moment], ref_opt[i][moment], atol=1e-5), (name, moment)
+
+
+@pytest.mark.parametrize("method, result, weights", [("full", "model", "model.safetensors"),
+                                                     ("qlora", "adapter", "adapter_model.safetensors")])
+def test_full_fine_tuning_and_qlora_shard_like_lora(tiny, tmp_path, method, result, weights):
+    """Full fine-tuning gathers every weight for the saved model; QLoRA shards the packed 4-bit
+    weights (bitsandbytes restores their quantization state after each gather) and skips the fp32
+    upcast. Both end where one process with the same global batch ends."""
+    from safetensors.torch import load_file
+
+    sections = {"method": method, "training": {"max_steps": 4, "learning_rate": 5.0e-3}}
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    one = write_config(tmp_path / "one", tiny, **{**sections, "training": {**sections["training"], "batch_size": 4}})
+    two = write_config(tmp_path / "two", tiny, **{**sections, "training": {**sections["training"], "batch_size": 2}})
+    sharded = launch(two, 2)
+    alone = run_trainer(one)
+    sharded = finish(sharded)
+    assert alone.returncode == 0 and sharded.returncode == 0, alone.stderr + sharded.stderr
+    a, b = (load_file(tmp_path / d / "out" / result / weights) for d in ("one", "two"))
+    base = load_file(tiny / "model.safetensors")
+    assert same_tensors(a, b) and (method != "full" or not same_tensors(a, base, atol=1e-3))
+    run = json.loads((tmp_path / "two" / "out" / "run.json").read_text())
+    assert run["processes"] == 2 and max(run["fsdp"]["param_elements_per_process"]) < 0.55 * run["fsdp"]["param_elements"]
+    assert [r["loss"] for r in metrics(tmp_path / "one" / "out")] == \
+        pytest.approx([r["loss"] for r in metrics(tmp_path / "two" / "out")], abs=1e-4)
+
+
+def test_a_checkpoint_resumes_only_with_the_processes_that_wrote_it(tmp_path):
+    from types import SimpleNamespace
+
+    step = tmp_path / "checkpoints" / "step-00000004"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text(json.dumps({"step": 4, "processes": 2}))
+    with pytest.raises(KitError, match=r"step-00000004: written by 2 processes, resumed with 1; resume with --nproc 2"):
+        checkpoint.load(step, None, None, None, SimpleNamespace(world=1, sharded=False), set())
+
+
+def test_bad_data_with_two_processes_is_one_line_and_exit_2(tiny, tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "a"}, '
+                                          '{"role": "assistant", "content": "b"}]}\n{"messages": oops}\n')
+    proc = finish(launch(write_config(tmp_path, tiny), 2))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("kit: error:")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "FailedError" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and f"{tmp_path / 'train.jsonl'}:2: not a JSON object" in errors[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_on_a_gpu_node_each_process_needs_its_own_gpu(tiny, tmp_path, monkeypatch, capsys):
+    """The launcher and each process refuse more processes than visible GPUs (no GPU here: torch's
+    answers are replaced); without GPUs the processes shard on the CPU instead."""
+    import torch
+
+    from kit.train.dist import Runtime
+    from kit.train.launch import launch as launch_here
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert launch_here(str(write_config(tmp_path, tiny)), 2) == 2
+    assert capsys.readouterr().err == "kit: error: --nproc 2: one process per GPU, and this node shows 1 GPUs\n"
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(KitError, match="2 processes on this node but 1 GPUs visible; run one process per GPU"):
+        Runtime()
+
+
+def test_the_launchers_status_is_the_workers():
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from kit.train.launch import status
+
+    def failed(**codes):
+        return {"failures": {int(r[1:]): ProcessFailure(int(r[1:]), 100 + int(r[1:]), c, "/nonexistent")
+                             for r, c in codes.items()}}
+
+    assert status({"status": 0}) == 0
+    assert status(failed(r1=75, r0=-15)) == 75  # rank 0 stopped by the launcher as it was exiting
+    assert status(failed(r0=2, r1=-15)) == 2
+    assert status(failed(r1=1, r0=-15)) == 1

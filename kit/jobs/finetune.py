@@ -148,7 +148,6 @@ def build(site, cfg, config_path: Path, model, plan: dict, *, account: str | Non
         container_env=sorted(env.items()),
         binds=binds,
         nproc=plan["gpus"],
-        torchrun_signals=f["torchrun_signals"],
         requeue_exit=f["requeue_exit"],
         signal_margin_s=margin,
     )

@@ -6,7 +6,10 @@ leftover temp directories (a process killed while writing) are removed at start 
 
 Single process: the trainable weights only (the LoRA adapter, or every weight for full fine-tuning)
 as safetensors, plus the optimizer, the scheduler and the RNG states. Several processes (FSDP):
-accelerate's save_state/load_state, which gathers sharded state (not tested without GPUs).
+the same trainable weights and optimizer state, sharded, written by every rank at once through
+torch.distributed.checkpoint (one file per rank and a .metadata index; nothing is gathered), the
+scheduler from rank 0 and each rank's RNG state. A checkpoint resumes only with the number of
+processes that wrote it (state.json "processes"): the data order of a step depends on it.
 """
 
 from __future__ import annotations
@@ -63,21 +66,26 @@ def remove_partial(output_dir: str | Path) -> list[str]:
     return gone
 
 
-def save(output_dir, step: int, model, optimizer, scheduler, state: dict, accelerator, keep: int) -> Path:
+def save(output_dir, step: int, model, optimizer, scheduler, state: dict, runtime, keep: int,
+         trainable: set[str]) -> Path:
     """Write checkpoint ``step`` atomically, then keep only the newest ``keep`` complete ones."""
     import torch
 
     root = checkpoints_dir(output_dir)
     final = root / step_name(step)
-    pid = _rank0_pid(accelerator)
-    tmp = root / f".{step_name(step)}.tmp-{pid}"
-    if accelerator.is_main_process:
+    tmp = root / f".{step_name(step)}.tmp-{runtime.broadcast(os.getpid())}"
+    if runtime.main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    accelerator.wait_for_everyone()
-    if accelerator.num_processes > 1:
-        accelerator.save_state(str(tmp))
+    runtime.barrier()
+    if runtime.sharded:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(_sharded_state(model, optimizer, trainable), checkpoint_id=str(tmp))
+        torch.save(rng_state(), tmp / f"rng-{runtime.rank}.pt")
+        if runtime.main:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     else:
         from safetensors.torch import save_file
 
@@ -86,8 +94,8 @@ def save(output_dir, step: int, model, optimizer, scheduler, state: dict, accele
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    runtime.barrier()
+    if runtime.main:
         _write_synced(tmp / MARKER, json.dumps(state, indent=2) + "\n")
         _fsync_dir(tmp)
         if final.exists():  # a checkpoint of the same step (a signal right after a periodic one)
@@ -96,30 +104,59 @@ def save(output_dir, step: int, model, optimizer, scheduler, state: dict, accele
         _fsync(root)
         for _, old in complete(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    runtime.barrier()
     return final
 
 
-def load(path: Path, model, optimizer, scheduler, accelerator) -> dict:
+def load(path: Path, model, optimizer, scheduler, runtime, trainable: set[str]) -> dict:
     """Restore everything ``save`` wrote; returns the state dict (step, data position, ...)."""
     import torch
 
-    if accelerator.num_processes > 1:
-        accelerator.load_state(str(path))
-    else:
-        from safetensors.torch import load_file
+    state = json.loads((path / MARKER).read_text())
+    written_by = state.get("processes", 1)
+    if written_by != runtime.world:
+        raise KitError(f"{path}: written by {written_by} process{'es' if written_by > 1 else ''}, resumed with "
+                       f"{runtime.world}; resume with --nproc {written_by} (the data order depends on it) "
+                       "or use a new output_dir")
+    if runtime.sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_state_dict,
+        )
 
-        weights = load_file(str(path / "trainable.safetensors"))
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        if set(weights) != trainable:
-            raise KitError(f"{path}: checkpoint does not match the model being trained "
-                           f"({len(set(weights) ^ trainable)} trainable tensors differ); "
-                           "was the config's model, method or lora changed? Use a new output_dir")
-        model.load_state_dict(weights, strict=False)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        sharded = _sharded_state(model, optimizer, trainable)
+        try:
+            dcp.load(sharded, checkpoint_id=str(path))
+        except CheckpointException as e:  # a missing key or a shape, with every rank's traceback
+            raise KitError(f"{path}: checkpoint does not match the model being trained ({type(e).__name__}); "
+                           "was the config's model, method or lora changed? Use a new output_dir") from None
+        set_state_dict(model, optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optimizer"],
+                       options=StateDictOptions(strict=False))
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / MARKER).read_text())
+        set_rng_state(torch.load(path / f"rng-{runtime.rank}.pt", weights_only=False))
+        return state
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / "trainable.safetensors"))
+    if set(weights) != trainable:
+        raise KitError(f"{path}: checkpoint does not match the model being trained "
+                       f"({len(set(weights) ^ trainable)} trainable tensors differ); "
+                       "was the config's model, method or lora changed? Use a new output_dir")
+    model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    return state
+
+
+def _sharded_state(model, optimizer, trainable: set[str]) -> dict:
+    """The trainable weights' shards and the optimizer's (frozen base weights are not saved)."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optim = get_state_dict(model, optimizer)
+    return {"model": {k: v for k, v in weights.items() if k in trainable}, "optimizer": optim}
 
 
 def rng_state() -> dict:
@@ -148,14 +185,6 @@ def set_rng_state(state: dict) -> None:
         import numpy
 
         numpy.random.set_state(state["numpy"])
-
-
-def _rank0_pid(accelerator) -> int:
-    if accelerator.num_processes == 1:
-        return os.getpid()
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([os.getpid()])[0]
 
 
 def _write_synced(path: Path, text: str) -> None:

@@ -37,8 +37,12 @@ def quantization(cfg: TrainConfig):
                               bnb_4bit_compute_dtype=dtype_of(cfg), bnb_4bit_quant_storage=dtype_of(cfg))
 
 
-def load_model(cfg: TrainConfig, device):
-    """The model ready to train: adapters added (lora, qlora), gradient checkpointing as configured."""
+def load_model(cfg: TrainConfig, device, sharded: bool = False):
+    """The model ready to train: adapters added (lora, qlora), gradient checkpointing as configured.
+
+    QLoRA alone goes through peft's prepare_model_for_kbit_training, which casts every weight that
+    is not 4-bit to fp32; sharded (FSDP) it keeps them in the storage dtype, as TRL does and as the
+    planner counts it (kit/plan/memory.py: no upcast when n > 1)."""
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": dtype_of(cfg), "attn_implementation": cfg.training.attn_implementation,
@@ -54,7 +58,7 @@ def load_model(cfg: TrainConfig, device):
         raise KitError(f"model {cfg.model}: cannot load it: {str(e).splitlines()[0]}") from None
     model.config.use_cache = False
     checkpointing = {"use_reentrant": False}
-    if cfg.method == "qlora":
+    if cfg.method == "qlora" and not sharded:
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing,

@@ -1,5 +1,7 @@
 """The training loop: optimizer steps over a seeded, resumable data order; metrics each step;
 checkpoints every N steps and on SIGUSR1/SIGTERM; the adapter (or model) and summary at the end.
+One process, or several sharding the model (kit.train.dist); only rank 0 writes files other than
+its checkpoint shards.
 
 Exit statuses (the job template relies on them): 0 finished, 75 interrupted and checkpointed
 (requeue me), 2 bad input, 1 anything else.
@@ -11,7 +13,6 @@ import math
 import os
 import random
 import signal
-from contextlib import nullcontext
 from pathlib import Path
 
 from kit.errors import KitError
@@ -26,7 +27,10 @@ MAX_GRAD_NORM = 1.0  # as the HF Trainer's default
 class Schedule:
     """Which examples make up optimizer step k: a pure function of (seed, k), so resuming needs
     only the step number. Each epoch is a seeded permutation; each rank takes every world-th example;
-    a step is `gradient_accumulation` micro-batches (the last step of an epoch may have fewer)."""
+    a step is `gradient_accumulation` micro-batches (the last step of an epoch may have fewer).
+    So step k's examples over all ranks are the permutation's k-th run of world x batch_size x
+    gradient_accumulation, whatever the world size: N processes with batch_size b see the data
+    of one process with batch_size N x b (when N divides the number of examples)."""
 
     def __init__(self, n_examples: int, cfg: TrainConfig, world: int, rank: int):
         t = cfg.training
@@ -59,84 +63,87 @@ class Schedule:
 
 
 class StopRequest:
-    """SIGUSR1 / SIGTERM: finish the current optimizer step, checkpoint, exit 75."""
+    """SIGUSR1 / SIGTERM (or the launcher's stop file, see kit.train.launch): finish the current
+    optimizer step, checkpoint, exit 75."""
 
     def __init__(self):
+        from kit.train.launch import STOP_FILE_ENV
+
         self.signal: str | None = None
+        self.stop_file = Path(os.environ[STOP_FILE_ENV]) if os.environ.get(STOP_FILE_ENV) else None
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
 
-    def agreed(self, accelerator) -> bool:
-        """Every rank stops at the same step if any rank was signalled."""
-        if accelerator.num_processes == 1:
-            return self.signal is not None
-        import torch
-
-        flag = torch.tensor([1 if self.signal else 0], device=accelerator.device)
-        return bool(accelerator.reduce(flag, reduction="sum").item())
-
-
-def make_accelerator():
-    """One process: plain. Launched by torchrun with several: FSDP through accelerate (untested
-    without GPUs: full sharding, transformer-layer wrapping, original parameters for PEFT)."""
-    import torch
-    from accelerate import Accelerator
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if not torch.cuda.is_available():
-            # accelerate would run each process as if it were alone: all of them writing one output.
-            raise KitError(f"{os.environ['WORLD_SIZE']} processes need GPUs (FSDP); on a CPU run one process")
-        from accelerate import FullyShardedDataParallelPlugin
-
-        plugin = FullyShardedDataParallelPlugin(auto_wrap_policy="transformer_based_wrap", use_orig_params=True,
-                                                state_dict_type="SHARDED_STATE_DICT", cpu_ram_efficient_loading=False)
-        return Accelerator(fsdp_plugin=plugin)
-    return Accelerator(cpu=not torch.cuda.is_available())
+    def agreed(self, runtime) -> bool:
+        """Every rank stops at the same step if any rank was asked to."""
+        if self.signal is None and self.stop_file is not None and self.stop_file.is_file():
+            self.signal = self.stop_file.read_text().strip() or "stop"
+        return runtime.sum(1 if self.signal else 0) > 0
 
 
 def train(cfg: TrainConfig, config_path: str) -> int:
+    from kit.train.dist import Runtime
+
+    out = Path(cfg.output_dir)
+    if (out / "summary.json").is_file():
+        if os.environ.get("RANK", "0") == "0":
+            print(f"kit.train: {out} holds a finished run (summary.json); nothing to do", flush=True)
+        return 0
+    stop = StopRequest()
+    runtime = Runtime()
+    try:
+        return _train(cfg, config_path, runtime, stop)
+    finally:
+        runtime.close()
+
+
+def _train(cfg: TrainConfig, config_path: str, runtime, stop: StopRequest) -> int:
     import torch
     from transformers import set_seed
 
     from kit.train.model import build_optimizer, build_scheduler, load_model, load_tokenizer
 
     out = Path(cfg.output_dir)
-    if (out / "summary.json").is_file():
-        print(f"kit.train: {out} holds a finished run (summary.json); nothing to do", flush=True)
-        return 0
-    stop = StopRequest()
-    accelerator = make_accelerator()
-    main = accelerator.is_main_process
+    main = runtime.main
+
+    def say(message: str) -> None:
+        if main:
+            print(f"kit.train: {message}", flush=True)
+
     tokenizer = load_tokenizer(cfg)
     train_set, val_set = datasets(cfg, tokenizer)  # bad data fails here, before anything is written
-    schedule = Schedule(len(train_set), cfg, accelerator.num_processes, accelerator.process_index)
+    schedule = Schedule(len(train_set), cfg, runtime.world, runtime.rank)
     set_seed(cfg.training.seed)
-    model = load_model(cfg, accelerator.device)
+    model = load_model(cfg, runtime.device, sharded=runtime.sharded)  # the same initial weights on every rank
+    torch.manual_seed(cfg.training.seed + runtime.rank)  # dropout: each rank its own masks
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for name in checkpoint.remove_partial(out):
-            print(f"kit.train: removed {name}, a checkpoint whose writing was interrupted", flush=True)
-    params = [p for p in model.parameters() if p.requires_grad]
+            say(f"removed {name}, a checkpoint whose writing was interrupted")
+    runtime.barrier()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    model = runtime.prepare(model)
+    params = [p for p in model.parameters() if p.requires_grad]  # after sharding: the shards
     optimizer = build_optimizer(cfg, params)
     scheduler = build_scheduler(cfg, optimizer, schedule.total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    sharding = runtime.shard_sizes(model) if runtime.sharded else None
 
     state = {"step": 0, "train_seconds": 0.0, "loss": None}
     resumed = checkpoint.latest(out)
     if resumed is not None:
-        state = checkpoint.load(resumed, model, optimizer, scheduler, accelerator)
-        print(f"kit.train: resumed from {resumed.name}", flush=True)
+        state = checkpoint.load(resumed, model, optimizer, scheduler, runtime, trainable)
+        say(f"resumed from {resumed.name}")
     metrics = MetricsLog(out, state["step"]) if main else None
     if main:
         write_run(out, {"resumed_from_step": state["step"] if resumed else None, "config": config_path,
                         "model": cfg.model, "method": cfg.method, "total_steps": schedule.total_steps,
                         "steps_per_epoch": schedule.steps_per_epoch, "train_examples": len(train_set),
-                        "validation_examples": len(val_set), "processes": accelerator.num_processes,
-                        "trainable_params": sum(p.numel() for p in params), "quantization": quantization_of(model),
-                        "versions": versions()})
+                        "validation_examples": len(val_set), "processes": runtime.world, "fsdp": sharding,
+                        "trainable_params": sum(p.numel() for n, p in model.named_parameters() if n in trainable),
+                        "quantization": quantization_of(model), "versions": versions()})
 
     pad_id = tokenizer.pad_token_id
     model.train()
@@ -144,53 +151,55 @@ def train(cfg: TrainConfig, config_path: str) -> int:
     timer = StepTimer()
     while step < schedule.total_steps:
         batches = [data.collate([train_set[i] for i in idx], pad_id) for idx in schedule.micro_batches(step)]
+        # The loss is the mean over the step's answer tokens on all ranks together, as one process
+        # with the whole global batch would compute it; FSDP averages gradients over the ranks, so
+        # each rank's share is scaled back up by the world size.
         n_items = sum(sum(1 for t in row[1:] if t != data.IGNORE) for b in batches for row in b["labels"])
+        n_items = max(int(runtime.sum(n_items)), 1)
         tokens, loss_total = 0, 0.0
-        for i, b in enumerate(batches):
-            batch = {k: torch.tensor(v, device=accelerator.device) for k, v in b.items()}
-            sync = nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model)
-            with sync:
-                loss = model(**batch, num_items_in_batch=max(n_items, 1)).loss
-                accelerator.backward(loss)
+        for b in batches:
+            batch = {k: torch.tensor(v, device=runtime.device) for k, v in b.items()}
+            loss = model(**batch, num_items_in_batch=n_items).loss
+            (loss * runtime.world).backward()
             loss_total += loss.item()
             tokens += int(batch["attention_mask"].sum())
-        accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        loss_total, tokens = runtime.sum(loss_total), int(runtime.sum(tokens))
         elapsed = timer.lap()
         train_seconds += elapsed
         last_loss = loss_total
-        stopping = stop.agreed(accelerator) and step < schedule.total_steps
+        stopping = stop.agreed(runtime) and step < schedule.total_steps
         entry = {"step": step, "total_steps": schedule.total_steps, "epoch": round(step / schedule.steps_per_epoch, 4),
-                 "loss": round(loss_total, 6), "learning_rate": lr,
-                 "tokens_per_s": round(tokens * accelerator.num_processes / max(elapsed, 1e-9), 1),
+                 "loss": round(loss_total, 6), "learning_rate": lr, "tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
                  "gpu_mem_gib": gpu_mem_gib(), "time": now()}
         if step % cfg.checkpoint.every_steps == 0 or stopping:
             if val_set:
-                entry["eval_loss"] = round(evaluate(model, val_set, cfg, pad_id, accelerator), 6)
+                entry["eval_loss"] = round(evaluate(model, val_set, cfg, pad_id, runtime), 6)
             if main:
                 metrics.write(entry)
             state = {"step": step, **schedule.position(step), "train_seconds": train_seconds, "loss": last_loss,
-                     "time": now()}
-            path = checkpoint.save(out, step, model, optimizer, scheduler, state, accelerator, cfg.checkpoint.keep)
-            print(f"kit.train: step {step}/{schedule.total_steps} loss {loss_total:.4f}: checkpoint {path.name}", flush=True)
+                     "processes": runtime.world, "time": now()}
+            path = checkpoint.save(out, step, model, optimizer, scheduler, state, runtime, cfg.checkpoint.keep, trainable)
+            say(f"step {step}/{schedule.total_steps} loss {loss_total:.4f}: checkpoint {path.name}")
             timer.lap()  # checkpoint time is not step time
         elif main:
             metrics.write(entry)
         if stopping:
-            print(f"kit.train: {stop.signal}: stopped after step {step}; exit {EX_TEMPFAIL} to be requeued", flush=True)
+            say(f"{stop.signal}: stopped after step {step}; exit {EX_TEMPFAIL} to be requeued")
             return EX_TEMPFAIL
 
-    eval_loss = evaluate(model, val_set, cfg, pad_id, accelerator) if val_set else None
-    save_result(cfg, model, tokenizer, accelerator)
+    eval_loss = evaluate(model, val_set, cfg, pad_id, runtime) if val_set else None
+    save_result(cfg, model, tokenizer, runtime, trainable)
     if main:
         write_summary(out, {"steps": step, "epochs": round(step / schedule.steps_per_epoch, 4), "final_loss": last_loss,
                             "eval_loss": eval_loss, "train_seconds": round(train_seconds, 3), "method": cfg.method,
                             "model": cfg.model, "output": str(cfg.result_dir)})
-    print(f"kit.train: finished {step} steps; wrote {cfg.result_dir}", flush=True)
+    say(f"finished {step} steps; wrote {cfg.result_dir}")
     return 0
 
 
@@ -207,8 +216,9 @@ def datasets(cfg: TrainConfig, tokenizer) -> tuple[list[dict], list[dict]]:
     return build(records), build(val_records)
 
 
-def evaluate(model, examples: list[dict], cfg: TrainConfig, pad_id: int, accelerator) -> float:
-    """Mean loss per answer token over the validation examples."""
+def evaluate(model, examples: list[dict], cfg: TrainConfig, pad_id: int, runtime) -> float:
+    """Mean loss per answer token over the validation examples (every rank evaluates all of them:
+    a sharded forward needs every rank, and the validation set is small)."""
     import torch
 
     from kit.train.model import evaluating
@@ -218,7 +228,7 @@ def evaluate(model, examples: list[dict], cfg: TrainConfig, pad_id: int, acceler
     with evaluating(model):
         for i in range(0, len(examples), bs):
             b = data.collate(examples[i:i + bs], pad_id)
-            batch = {k: torch.tensor(v, device=accelerator.device) for k, v in b.items()}
+            batch = {k: torch.tensor(v, device=runtime.device) for k, v in b.items()}
             n = int((batch["labels"][:, 1:] != data.IGNORE).sum())
             if n:
                 total += model(**batch).loss.item() * n
@@ -226,37 +236,41 @@ def evaluate(model, examples: list[dict], cfg: TrainConfig, pad_id: int, acceler
     return total / max(count, 1)
 
 
-def save_result(cfg: TrainConfig, model, tokenizer, accelerator) -> None:
-    """The adapter (lora, qlora) or the model (full) with the tokenizer, written beside its final
-    place and renamed into it."""
+def save_result(cfg: TrainConfig, model, tokenizer, runtime, trainable: set[str]) -> None:
+    """The adapter (lora, qlora) or the model (full) with the tokenizer, written by rank 0 beside
+    its final place and renamed into it. Sharded weights are gathered to rank 0 first."""
     import shutil
 
-    final = cfg.result_dir
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    unwrapped = accelerator.unwrap_model(model)
-    state_dict = accelerator.get_state_dict(model) if accelerator.num_processes > 1 else None
-    if accelerator.is_main_process:
+    weights = runtime.full_weights(model, saved_by_peft(model) if cfg.adapters else None) if runtime.sharded else None
+    if runtime.main:
+        final = cfg.result_dir
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    unwrapped.save_pretrained(tmp, state_dict=state_dict, is_main_process=accelerator.is_main_process,
-                              save_function=accelerator.save)
-    if accelerator.is_main_process:
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
-    accelerator.wait_for_everyone()
+    runtime.barrier()
+
+
+def saved_by_peft(model) -> set[str] | None:
+    """The state-dict names peft's save_pretrained keeps: the adapter, and with an embedding layer
+    or the LM head among the targets also that layer's base weight. Asked of peft itself with the
+    sharded (ungathered) state dict, whose tensors it passes through; None (gather everything)
+    if it ever returns a tensor that is not one of them."""
+    from peft import get_peft_model_state_dict
+
+    state = model.state_dict()
+    names = {id(t): name for name, t in state.items()}
+    picked = get_peft_model_state_dict(model, state_dict=state)
+    found = {names.get(id(t)) for t in picked.values()}
+    return None if None in found else found
 
 
 def quantization_of(model) -> dict | None:
-    q = getattr(accelerate_unwrapped(model).config, "quantization_config", None)
+    q = getattr(model.config, "quantization_config", None)
     return q.to_dict() if hasattr(q, "to_dict") else q
-
-
-def accelerate_unwrapped(model):
-    from accelerate.utils import extract_model_from_parallel
-
-    return extract_model_from_parallel(model)
 
 
 def versions() -> dict:
