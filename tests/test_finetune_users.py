@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from standin.runtime import MAGIC
-from standin.site import standin_site
+from standin.site import cancel_jobs, standin_site
 from test_serve_users import OWNER, as_user, give, kit_as, users_top
 
 pytestmark = pytest.mark.slurm
@@ -63,10 +63,7 @@ def lab(slurm_cluster):
     config = write_run(home, setup["model"])
     give(OWNER, home)
     yield {"home": home, "env": setup["env"], "model": setup["model"], "config": config}
-    for record in (home / "state" / "jobs").glob("*/record.json"):
-        job_id = json.loads(record.read_text()).get("job_id")
-        if job_id:
-            subprocess.run(["scancel", str(job_id)], capture_output=True)
+    cancel_jobs(home)  # leave nothing running
     shutil.rmtree(top, ignore_errors=True)
 
 

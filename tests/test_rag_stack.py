@@ -266,7 +266,7 @@ def stack(slurm_cluster, tmp_path_factory):
     """The stand-in site (a GPU driver of CUDA 12.9, so TEI's GPU image runs) and three stacks submitted
     at once: TEI on a GPU, Weaviate alone, and a generator with TEI on the CPU. Each job gets its own
     KIT_STANDIN_EXIT_DIR (a file named after a service there makes that service exit)."""
-    from standin.site import standin_site
+    from standin.site import cancel_jobs, standin_site
 
     base = tmp_path_factory.mktemp("stack")
     setup = standin_site(base, layer={"driver": {"cuda_max": "12.9"}, "network": {"port_range": [21000, 21999]},
@@ -282,10 +282,7 @@ def stack(slurm_cluster, tmp_path_factory):
         r = kit("rag", "up", "--name", name, "--json", *args, env=dict(setup["env"], KIT_STANDIN_EXIT_DIR=str(exit_dir)))
         assert r.code == 0, r.err
     yield setup
-    for record in (base / "state" / "jobs").glob("*/record.json"):  # leave nothing running
-        job_id = json.loads(record.read_text()).get("job_id")
-        if job_id:
-            subprocess.run(["scancel", str(job_id)], capture_output=True)
+    cancel_jobs(base)  # leave nothing running
 
 
 def run(stack, *args, **kw):

@@ -8,13 +8,12 @@ import json
 import re
 import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from kitrun import kit
-from standin.site import standin_site
+from standin.site import cancel_jobs, standin_site
 
 pytestmark = pytest.mark.slurm
 
@@ -33,10 +32,7 @@ def env(slurm_cluster, tmp_path_factory):
     setup = standin_site(base)
     (base / "hostile-bind").mkdir()
     yield setup
-    for record in (base / "state" / "jobs").glob("*/record.json"):
-        job_id = json.loads(record.read_text()).get("job_id")
-        if job_id:
-            subprocess.run(["scancel", str(job_id)], capture_output=True)
+    cancel_jobs(base)  # leave nothing running
 
 
 def calls(setup) -> list[dict]:

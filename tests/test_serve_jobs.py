@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from kitrun import kit
-from standin.site import standin_site
+from standin.site import cancel_jobs, standin_site
 
 pytestmark = pytest.mark.slurm
 
@@ -31,10 +31,7 @@ def serve_env(slurm_cluster, tmp_path_factory):
     base = tmp_path_factory.mktemp("serving")
     setup = standin_site(base)
     yield setup
-    for record in (base / "state" / "jobs").glob("*/record.json"):  # leave nothing running
-        job_id = json.loads(record.read_text()).get("job_id")
-        if job_id:
-            subprocess.run(["scancel", str(job_id)], capture_output=True)
+    cancel_jobs(base)  # leave nothing running
 
 
 def run(serve_env, *args, **kw):

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from standin.site import standin_site
+from standin.site import cancel_jobs, standin_site
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,10 +66,7 @@ def lab(slurm_cluster):
     setup["env"]["HOME"] = str(home)
     give(OWNER, home)
     yield {"top": top, "home": home, "env": setup["env"], "model": setup["model"]}
-    for record in (home / "state" / "jobs").glob("*/record.json"):
-        job_id = json.loads(record.read_text()).get("job_id")
-        if job_id:
-            subprocess.run(["scancel", str(job_id)], capture_output=True)
+    cancel_jobs(home)  # leave nothing running
     shutil.rmtree(top, ignore_errors=True)
 
 

@@ -76,3 +76,14 @@ def standin_site(base: Path, layer: dict | None = None) -> dict:
         "KIT_IMAGES_LOCK": str(base / "images.lock"),
     }
     return {"env": env, "model": model, "base": base, "images": images}
+
+
+def cancel_jobs(base: Path) -> None:
+    """scancel every job recorded under ``base``'s kit state: a test module leaves nothing running."""
+    import json
+    import subprocess
+
+    for record in (base / "state" / "jobs").glob("*/record.json"):
+        job_id = json.loads(record.read_text()).get("job_id")
+        if job_id:
+            subprocess.run(["scancel", str(job_id)], capture_output=True)
