@@ -90,6 +90,15 @@ def tiny_run(tiny, tmp_path_factory) -> Path:
     return d / "out"
 
 
+def usr1_after_steps(proc, out, steps: int, timeout: float) -> None:
+    """SIGUSR1 to ``proc`` once ``out`` has logged ``steps`` metrics lines: a run stopped mid-training."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and len(metrics(out)) >= steps:
+            proc.send_signal(signal.SIGUSR1)
+            return
+        time.sleep(0.02)
+
 def test_lora_on_tiny_llama_learns_and_writes_the_contracted_outputs(tiny_run, tiny):
     rows = metrics(tiny_run)
     assert [r["step"] for r in rows] == list(range(1, 13))
@@ -141,12 +150,7 @@ def test_resume_after_sigusr1_gives_the_same_weights_as_an_uninterrupted_run(tin
     proc = subprocess.Popen([sys.executable, "-m", "kit.train", str(cfg_b)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     out_b = tmp_path / "b" / "out"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (out_b / "metrics.jsonl").exists() and len(metrics(out_b)) >= 3:
-            proc.send_signal(signal.SIGUSR1)
-            break
-        time.sleep(0.02)
+    usr1_after_steps(proc, out_b, 3, timeout=120)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 75, err
     stopped = metrics(out_b)[-1]["step"]
@@ -422,12 +426,7 @@ def test_sigusr1_stops_both_processes_at_one_step_and_a_rerun_resumes_from_the_s
     cfg = write_config(tmp_path, tiny, **{**SHARDED, "training": {**SHARDED["training"], "batch_size": 2}})
     out = tmp_path / "out"
     proc = launch(cfg, 2)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "metrics.jsonl").exists() and len(metrics(out)) >= 2:
-            proc.send_signal(signal.SIGUSR1)
-            break
-        time.sleep(0.02)
+    usr1_after_steps(proc, out, 2, timeout=180)
     stopped_run = finish(proc)
     assert stopped_run.returncode == 75, stopped_run.stderr
     stopped = metrics(out)[-1]["step"]

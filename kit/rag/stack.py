@@ -142,14 +142,15 @@ def build(site, *, account: str | None, time: str | None, name: str | None, cpu:
     data = str(Path(data_dir).expanduser().resolve()) if data_dir else \
         str(Path(expand_user_path(site.paths.project, account)) / "kit" / "rag" / name)
 
+    hostname = node_name(data)
     w = f["weaviate"]
     w_path, w_entry = locked_image(site, w["image"], account, "Weaviate", warnings)
     share = w["memory_share"]["with_generator" if model is not None else "alone"]
     mem_gib = host_resources(site, job_plan)[1]  # what the job's --mem asks
     stack = {
         "weaviate": {"image": str(w_path), "version": w_entry["version"], "data_dir": data,
-                     "data_mount": w["data_mount"], "hostname": node_name(data),
-                     "env": weaviate_env(node_name(data), mem_gib, share)},
+                     "data_mount": w["data_mount"], "hostname": hostname,
+                     "env": weaviate_env(hostname, mem_gib, share)},
         "tei": None, "generator": None, "generator_job": generator, "generator_job_json": json.dumps(generator),
         "ports": list(WEAVIATE_PORTS), "front_port": "WEAVIATE_PORT", "health_path": READY_PATH,
         "secrets": ["weaviate_cluster_key"], "stop_grace_s": f["stop_grace_s"],
@@ -174,7 +175,7 @@ def build(site, *, account: str | None, time: str | None, name: str | None, cpu:
                    + (f" + TEI ({device}, {embed_name})" if device else " (CPU)")
                    + (f" + {plan['engine']} serving {model.name}" if model is not None else ""))
     fields = {"task": "rag-stack", "engine": "rag-stack", "embed_model": embed_name, "tei_device": device,
-              "generator": generator, "data_dir": data, "weaviate_hostname": node_name(data),
+              "generator": generator, "data_dir": data, "weaviate_hostname": hostname,
               "tunnel": site.network.tunnel}
 
     if model is not None:
