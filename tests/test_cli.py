@@ -14,14 +14,15 @@ def test_plan_serve_does_not_import_torch_or_transformers():
         "    main(['plan', 'serve', 'meta-llama/Llama-3.1-8B-Instruct', '--site', 'quest', '--json'])\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0, e.code\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'weaviate', 'pydantic') if m in sys.modules)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'weaviate', 'lancedb', 'pyarrow', 'pydantic') if m in sys.modules)\n"
         "print('HEAVY', heavy, file=sys.stderr)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in proc.stderr, proc.stderr
 
 
-HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "weaviate", "pydantic", "sentence_transformers")
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "weaviate", "lancedb", "pyarrow", "pydantic",
+         "sentence_transformers")
 # Packages that run only inside a job's container, where the heavy libraries live.
 IN_CONTAINER = ("kit.train",)
 

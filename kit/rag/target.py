@@ -12,7 +12,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from kit.errors import KitError
-from kit.rag.store import DEFAULT_COLLECTION, LocalStore, default_dir
+from kit.rag.lance_store import LocalStore
+from kit.rag.store import DEFAULT_COLLECTION, default_dir
 
 STORE_FORMS = "local:DIR or weaviate:http://HOST:PORT?grpc=PORT"
 
