@@ -272,6 +272,25 @@ def test_a_damaged_store_is_one_line(tmp_path):
         damaged.ids("/a.md")
 
 
+def test_one_writer_at_a_time(tmp_path, corpus, embedder):
+    """A second ingest while one is writing gets one line and changes nothing; the lock goes
+    with the writer (closed, or its process gone)."""
+    import fcntl
+
+    store = tmp_path / "store"
+    ingest_local(store, embedder, [corpus])
+    before = rows(store)
+    (corpus / "new.md").write_text("# New\n\nA file added while another ingest writes.\n")
+    with open(store / ".kit-writer.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = kit("rag", "ingest", str(corpus), "--store", f"local:{store}")
+        assert res.code != 0 and "another `kit rag ingest` is writing to it" in res.error_line, res.err
+        assert rows(store) == before
+    assert ingest_local(store, embedder, [corpus]).new_files == 1  # the first writer's lock was released
+    again = ingest_local(store, embedder, [corpus])
+    assert (again.new_files, again.chunks_added) == (0, 0)
+
+
 def test_ingest_refuses_another_embedding_model(tmp_path, corpus, embedder):
     from kit.errors import KitError
     from kit.rag.ingest import ingest
@@ -519,3 +538,10 @@ def test_bad_input_is_one_line_and_leaves_the_store_alone(tmp_path, corpus):
     questions.write_text('{"question": "ok?", "sources": ["a.md"]}\n{"question": "broken"\n')
     res = kit("eval", "retrieval", "--questions", str(questions), "--store", f"local:{store}")
     assert res.code != 0 and "line 2" in res.error_line and not store.exists()
+
+    old = tmp_path / "old-store"  # a store written by kit before LanceDB: refused, left as it was
+    old.mkdir()
+    (old / "kit-rag.sqlite").write_bytes(b"SQLite format 3\0")
+    res = kit("rag", "ingest", str(corpus), "--store", f"local:{old}")
+    assert res.code != 0 and "older kit" in res.error_line and "again into a new directory" in res.error_line
+    assert sorted(p.name for p in old.iterdir()) == ["kit-rag.sqlite"]

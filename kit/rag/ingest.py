@@ -115,6 +115,7 @@ def ingest(target, paths: list[str], *, size: int = DEFAULT_SIZE, overlap: int =
     check_sizes(size, overlap)
     files, roots, skipped = collect(paths)
     store, embedder = target.store, target.embedder
+    store.claim_writes()
     built = store.model()
     if built is not None and built != embedder.name:
         raise KitError(f"--collection {store.collection}: built with embedding model {built}, not {embedder.name}; "

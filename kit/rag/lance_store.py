@@ -41,6 +41,8 @@ OPTIMIZE_EVERY = 50  # LanceDB advises optimizing after 20 or more writes; each 
 KEEP_VERSIONS = timedelta(0)
 FTS_INDEX, VECTOR_INDEX = "text_idx", "vector_idx"  # LanceDB's names for indexes on text, vector
 DELETE_BATCH = 1000
+WRITER_LOCK = ".kit-writer.lock"
+OLD_STORE_FILE = "kit-rag.sqlite"  # kit's own SQLite store, before LanceDB
 
 
 def fuse(vector_scores: dict[str, float], text_scores: dict[str, float], alpha: float) -> dict[str, float]:
@@ -70,6 +72,9 @@ class LocalStore:
             raise KitError(f"--store {self.label}: no kit store there (run `kit rag ingest` first)")
         if self.dir.exists() and not self.dir.is_dir():
             raise KitError(f"--store {self.label}: not a directory")
+        if (self.dir / OLD_STORE_FILE).exists():
+            raise KitError(f"--store {self.label}: holds a store of an older kit ({OLD_STORE_FILE}), which this "
+                           "one cannot read; ingest the documents again into a new directory")
         with self._errors("cannot open the store"):
             import lancedb
 
@@ -78,6 +83,7 @@ class LocalStore:
         self._table = None
         self._ids = None  # source -> ids, read once (``_by_source``)
         self._writes = 0  # since the last optimize
+        self._lock = None  # the open lock file while this store is the writer (``claim_writes``)
 
     @contextmanager
     def _errors(self, doing: str):
@@ -105,6 +111,22 @@ class LocalStore:
     def model(self) -> str | None:
         table = self._open()
         return None if table is None else self._built(table)[0]
+
+    def claim_writes(self) -> None:
+        """One writer at a time: this store caches each source's ids, and a compaction drops the
+        versions another writer may be reading. The lock (``flock``) is the kernel's, so it is
+        released when the process ends, however it ends."""
+        import fcntl
+
+        with self._errors("cannot lock it for writing"):
+            self._lock = open(self.dir / WRITER_LOCK, "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise KitError(f"--store {self.label}: another `kit rag ingest` is writing to it; "
+                           "run this one when it has finished") from None
 
     def prepare(self, model: str, dim: int) -> None:
         import pyarrow as pa
@@ -245,6 +267,11 @@ class LocalStore:
         return 0 if table is None else table.count_rows()
 
     def close(self) -> None:
-        if self._writes:
-            with self._errors("cannot optimize"):
-                self._optimize()
+        try:
+            if self._writes:
+                with self._errors("cannot optimize"):
+                    self._optimize()
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # releases the flock
+                self._lock = None

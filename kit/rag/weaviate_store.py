@@ -48,6 +48,9 @@ class WeaviateStore:
         description = self._col().config.get().description or ""
         return description.removeprefix("kit-rag model=").split(" dim=")[0] or None
 
+    def claim_writes(self) -> None:
+        """Nothing to claim: Weaviate serialises writes itself, and kit's ids make them idempotent."""
+
     def prepare(self, model: str, dim: int) -> None:
         from weaviate.classes.config import Configure, DataType, Property, Tokenization
 
