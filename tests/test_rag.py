@@ -417,6 +417,14 @@ def test_citations_are_numbered_sources(tmp_path):
     user = messages("What?", hits)[1]["content"]
     assert "[1] (one.md, chunk 0)\nAlpha." in user and "[2] (two.md, chunk 3)\nBeta." in user
     assert Answer("q", "Alpha [2] and beta [1][2], not [7].", hits).cited() == [2, 1]
+    assert Answer("q", "Alpha [2] and beta [1][2], not [7].", hits).notes() == [
+        "the answer cites [7], which is not among the 2 sources given"]
+    assert Answer("q", "Alpha [1]. [3] [4]", hits).notes() == ["the answer cites [3], [4], which are not among the 2 "
+                                                               "sources given"]
+    assert Answer("q", "Alpha.", hits).notes() == ["the answer cites none of the sources"]
+    assert Answer("q", "[9]", hits).notes() == ["the answer cites none of the sources",
+                                                "the answer cites [9], which is not among the 2 sources given"]
+    assert Answer("q", "Alpha [1], beta [2].", hits).notes() == [] and Answer("q", None, hits).notes() == []
 
 
 def free_port() -> int:

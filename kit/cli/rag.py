@@ -89,6 +89,8 @@ def ask_cmd(question, stack, store, collection, embed_model, site, k, generator,
     if result.answer is not None:
         click.echo(result.answer)
         click.echo()
+        for note in result.notes():
+            click.echo(f"note: {note}", err=True)
     click.echo("Sources:")
     for n, hit in enumerate(result.hits, 1):
         click.echo(f"  [{n}] {hit.source} (chunk {hit.chunk}, score {hit.score:.3f})")

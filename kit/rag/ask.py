@@ -26,8 +26,22 @@ class Answer:
 
     def cited(self) -> list[int]:
         """The source numbers the answer cites that exist, in order of first citation."""
-        found = [int(n) for n in re.findall(r"\[(\d+)\]", self.answer or "")]
-        return list(dict.fromkeys(n for n in found if 1 <= n <= len(self.hits)))
+        return [n for n in self._numbers() if 1 <= n <= len(self.hits)]
+
+    def _numbers(self) -> list[int]:
+        return list(dict.fromkeys(int(n) for n in re.findall(r"\[(\d+)\]", self.answer or "")))
+
+    def notes(self) -> list[str]:
+        """What a reader should know before trusting the answer's citations: that it cites
+        nothing, or cites numbers no source has (small models copy the prompt's numbering on)."""
+        if self.answer is None:
+            return []
+        unknown = [n for n in self._numbers() if not 1 <= n <= len(self.hits)]
+        notes = [] if self.cited() else ["the answer cites none of the sources"]
+        if unknown:
+            notes.append(f"the answer cites {', '.join(f'[{n}]' for n in unknown)}, which "
+                         f"{'is' if len(unknown) == 1 else 'are'} not among the {len(self.hits)} sources given")
+        return notes
 
 
 def retrieve(target, question: str, k: int) -> list:
