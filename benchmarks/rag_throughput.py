@@ -113,11 +113,11 @@ def throughput(copies: int, work: Path) -> None:
 
 
 def write(store, n: int, dim: int, per_file: int, rng, words) -> float:
-    """N synthetic chunks into STORE as ingest writes them (ids of the file, then replace);
+    """N synthetic chunks into STORE as ingest writes them (ids of the file, then one write);
     returns the seconds taken, vector and text generation excluded."""
     import numpy as np
 
-    from kit.rag.store import Record
+    from kit.rag.store import Change, Record
 
     spent = 0.0
     for f in range(n // per_file):
@@ -128,7 +128,7 @@ def write(store, n: int, dim: int, per_file: int, rng, words) -> float:
         records = [Record(f"{source}#{i}", source, i, texts[i], "", vectors[i].tolist()) for i in range(per_file)]
         t = time.perf_counter()
         store.ids(source)
-        store.replace(source, records, set())
+        store.write([Change(source, records, set())])
         spent += time.perf_counter() - t
     return spent
 
@@ -201,7 +201,7 @@ def recall(n: int, work: Path, k: int = 5, questions: int = 200) -> None:
 
     from kit.rag import lance_store
     from kit.rag.embed import LocalEmbedder
-    from kit.rag.store import Record
+    from kit.rag.store import Change, Record
 
     texts = stdlib_chunks(n)
     embedder = LocalEmbedder()
@@ -212,8 +212,8 @@ def recall(n: int, work: Path, k: int = 5, questions: int = 200) -> None:
     store.prepare(embedder.name, vectors.shape[1])
     for start in range(0, len(texts), 100):
         source = f"/stdlib/{start // 100:05d}"
-        store.replace(source, [Record(str(i), source, i - start, texts[i], "", vectors[i].tolist())
-                               for i in range(start, min(start + 100, len(texts)))], set())
+        store.write([Change(source, [Record(str(i), source, i - start, texts[i], "", vectors[i].tolist())
+                                     for i in range(start, min(start + 100, len(texts)))], set())])
     lance_store.VECTOR_INDEX_ROWS = 1  # the index, whatever the size
     store._optimize()
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from kit.rag.store import Change
 from kitrun import kit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,6 +151,35 @@ def test_rerun_adds_nothing_change_replaces_prune_removes(tmp_path, corpus, embe
     assert pruned.total_chunks == len(rows(store_dir)) == keyword_index(store_dir)[0]
 
 
+def test_changed_files_are_embedded_and_written_in_batches(tmp_path, corpus, embedder):
+    """Files are embedded together, about --batch-size chunks at a time (one model call and one
+    write each), and the store ends the same whatever the batch size."""
+    from kit.rag.ingest import ingest
+
+    calls = []
+
+    class Counting:  # the real model, its calls counted
+        name = embedder.name
+
+        def embed(self, texts):
+            calls.append(len(texts))
+            return embedder.embed(texts)
+
+    target = open_local(tmp_path / "whole", embedder)
+    target.embedder = Counting()
+    whole = ingest(target, [str(corpus)])
+    target.close()
+    assert calls == [whole.chunks_added]  # the bundled corpus is less than one batch: one call
+    calls.clear()
+    target = open_local(tmp_path / "small", embedder)
+    target.embedder = Counting()
+    small = ingest(target, [str(corpus)], batch=3)
+    target.close()
+    assert sum(calls) == small.chunks_added == whole.chunks_added and len(calls) > 2
+    assert all(n >= 3 for n in calls[:-1]), calls
+    assert rows(tmp_path / "small") == rows(tmp_path / "whole")
+
+
 def test_unreadable_files_are_reported_and_skipped(tmp_path, corpus):
     (corpus / "broken.pdf").write_bytes(b"%PDF-1.4\nthis is not a pdf at all\n")
     (corpus / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
@@ -177,7 +207,8 @@ def test_killed_ingest_reruns_to_the_exact_set(tmp_path):
         (corpus / f"doc{i:03d}.md").write_text(f"# Document {i}\n\nThis document talks about topic {i * 7}.\n")
     expected = {chunk_id(str(p), c.position, c.text) for p in sorted(corpus.iterdir()) for c in chunk_file(p)}
     store = tmp_path / "store"
-    cmd = [sys.executable, "-m", "kit.cli", "rag", "ingest", str(corpus), "--store", f"local:{store}"]
+    cmd = [sys.executable, "-m", "kit.cli", "rag", "ingest", str(corpus), "--store", f"local:{store}",
+           "--batch-size", "4"]  # 40 chunks: ten writes, not one
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     seen = 0
@@ -230,12 +261,12 @@ def test_local_store_persists_upserts_and_keeps_its_model(tmp_path):
     assert (store.model(), store.count(), store.ids("/a.md"), store.search("q", unit(1), 3)) == (None, 0, set(), [])
     store.prepare("model-a", 8)
     first = records("/a.md", [unit(1, i) for i in range(4)])
-    store.replace("/a.md", first, set())
-    store.replace("/a.md", first, set())  # a retried write: upserted by id, never duplicated
-    store.replace(odd, records(odd, [unit(0, 1)]), set())
+    store.write([Change("/a.md", first, set())])
+    store.write([Change("/a.md", first, set())])  # a retried write: upserted by id, never duplicated
+    store.write([Change(odd, records(odd, [unit(0, 1)]), set())])
     assert store.count() == 5 and store.ids("/a.md") == {r.id for r in first} and store.ids(odd) == {f"{odd}#0"}
     edited = records("/a.md", [unit(1, 0)], ["an edited chunk"])  # same id, new text: updated in place
-    store.replace("/a.md", edited, {"/a.md#3"})
+    store.write([Change("/a.md", edited, {"/a.md#3"})])
     assert store.count() == 4 and store.ids("/a.md") == {"/a.md#0", "/a.md#1", "/a.md#2"}
     store.close()
 
@@ -260,7 +291,7 @@ def test_a_damaged_store_is_one_line(tmp_path):
 
     store = LocalStore(tmp_path / "store")
     store.prepare("m", 8)
-    store.replace("/a.md", records("/a.md", [unit(1), unit(0, 1)]), set())
+    store.write([Change("/a.md", records("/a.md", [unit(1), unit(0, 1)]), set())])
     store.close()
     for data in (tmp_path / "store" / "Documents.lance" / "data").iterdir():
         data.write_bytes(b"not a lance file")
@@ -318,9 +349,9 @@ def test_hybrid_search_lifts_a_keyword_match_vectors_rank_low(tmp_path):
     store.prepare("m", 8)
     near = [unit(1, 0.1 * i) for i in range(1, 6)]  # close to the question's vector
     texts = [f"General policy text number {i}." for i in range(5)]
-    store.replace("/near.md", records("/near.md", near, texts), set())
-    store.replace("/far.md", records("/far.md", [unit(0, 0, 0, 1)] * 3, ["Unrelated words."] * 3), set())
-    store.replace("/rare.md", records("/rare.md", [unit(1, 0.9)], ["The zebrafish partition is reserved."]), set())
+    store.write([Change("/near.md", records("/near.md", near, texts), set())])
+    store.write([Change("/far.md", records("/far.md", [unit(0, 0, 0, 1)] * 3, ["Unrelated words."] * 3), set())])
+    store.write([Change("/rare.md", records("/rare.md", [unit(1, 0.9)], ["The zebrafish partition is reserved."]), set())])
     question, vector = "Who may use the zebrafish partition?", unit(1)
 
     by_vector = [h.source for h in store.search(question, vector, 3, alpha=1.0)]
@@ -347,7 +378,7 @@ def test_compaction_and_the_vector_index_past_the_threshold(tmp_path, monkeypatc
     store = lance_store.LocalStore(tmp_path / "store")
     store.prepare("m", 32)
     for f in range(6):
-        store.replace(f"/f{f}.md", records(f"/f{f}.md", vectors[f * 100:(f + 1) * 100].tolist()), set())
+        store.write([Change(f"/f{f}.md", records(f"/f{f}.md", vectors[f * 100:(f + 1) * 100].tolist()), set())])
     t = table(tmp_path / "store")
     assert t.stats()["fragment_stats"]["num_fragments"] == 3  # compacted after the 4th write, 2 since
     assert {i.name for i in t.list_indices()} == {"text_idx"}  # 400 rows then: below the threshold
@@ -533,6 +564,7 @@ def test_bad_input_is_one_line_and_leaves_the_store_alone(tmp_path, corpus):
         (["ingest", str(corpus), "--store", "local:"], "unknown form"),
         (["ingest", str(corpus), "--collection", "lower"], "--collection 'lower'"),
         (["ingest", str(corpus), "--chunk-size", "100", "--overlap", "60"], "--overlap 60"),
+        (["ingest", str(corpus), "--batch-size", "0"], "--batch-size 0"),
         (["ingest", str(corpus), "--stack", "no-such-job"], "no-such-job"),
         (["ask", "What?", "--no-generate"], "no kit store there"),
         (["ask", "What?"], "--generator"),

@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from kit.errors import KitError
-from kit.rag.store import Record
+from kit.rag.store import Change, Record
 from kit.rag.target import open_target
 
 WEAVIATE = os.environ.get("KIT_TEST_WEAVIATE_URL")
@@ -53,8 +53,8 @@ B = records("b.md", ["the quarterly budget report", "zxqv is a code word"],
 def filled(spec, collection):
     store = open_store(spec, collection)
     store.prepare(MODEL, DIM)
-    store.replace("a.md", A, set())
-    store.replace("b.md", B, set())
+    store.write([Change("a.md", A, set())])
+    store.write([Change("b.md", B, set())])
     yield store
     if spec.startswith("weaviate:"):
         store.client.collections.delete(collection)
@@ -64,7 +64,7 @@ def filled(spec, collection):
 def test_upsert_ids_sources_count_and_reopen(filled, spec, collection):
     assert filled.count() == 4 and filled.sources() == {"a.md", "b.md"}
     assert filled.ids("a.md") == {r.id for r in A}
-    filled.replace("a.md", A, set())  # the same chunks again: nothing added
+    filled.write([Change("a.md", A, set())])  # the same chunks again: nothing added
     assert filled.count() == 4 and filled.ids("a.md") == {r.id for r in A}
     if spec.startswith("local:"):  # on disk: a new process sees the same collection
         filled.close()
@@ -75,7 +75,7 @@ def test_upsert_ids_sources_count_and_reopen(filled, spec, collection):
 
 def test_replace_drops_stale_chunks_and_delete_removes_a_source(filled):
     new = records("a.md", ["llamas graze high in the Andes"], [[1, 0, 0, 0.1]])
-    filled.replace("a.md", new, {r.id for r in A})
+    filled.write([Change("a.md", new, {r.id for r in A})])
     assert filled.ids("a.md") == {new[0].id} and filled.count() == 3
     assert filled.delete_source("b.md") == 2
     assert filled.sources() == {"a.md"} and filled.count() == 1

@@ -34,15 +34,17 @@ def rag():
 @click.option("--chunk-size", type=int, default=800, show_default=True, help="largest chunk, in characters")
 @click.option("--overlap", type=int, default=100, show_default=True, help="characters carried into the next chunk")
 @click.option("--prune", is_flag=True, help="remove the chunks of files gone from under PATH")
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="chunks embedded and written together")
 @json_option("print the summary as JSON")
-def ingest_cmd(paths, stack, store, collection, embed_model, site, chunk_size, overlap, prune, as_json):
+def ingest_cmd(paths, stack, store, collection, embed_model, site, chunk_size, overlap, prune, batch_size, as_json):
     """Chunk, embed and store text, Markdown, HTML and PDF files; reruns add only what changed."""
     from kit.rag.ingest import ingest_into
     from kit.rag.progress import file_progress
 
     summary, label = ingest_into(list(paths), stack=stack, store=store, collection=collection, site=site,
                                  embed_model=embed_model, size=chunk_size, overlap=overlap, prune=prune,
-                                 progress=file_progress)
+                                 batch=batch_size, progress=file_progress)
     if as_json:
         emit_json(summary.as_json())
     else:

@@ -1,9 +1,10 @@
 """Keeping a store in step with a corpus. A chunk's id is uuid5(source path, position, content),
 so a rerun over unchanged files finds every id present and embeds nothing; a changed file gets
-its new chunks and loses its stale ones in one ``Store.replace``; ``prune`` removes the chunks of
+its new chunks and loses its stale ones in one ``Store.write``; ``prune`` removes the chunks of
 files that are gone from under the given paths. A file that cannot be read is reported and
-skipped: its chunks (if any) stay. Interrupting a run loses nothing: each file is replaced on
-its own, and a rerun embeds only the ids that are missing and drops what is stale."""
+skipped: its chunks (if any) stay. Changed files are embedded and written in batches of about
+``--batch-size`` chunks (one model call and two commits per batch, not per file). Interrupting
+a run loses nothing: a rerun embeds only the ids that are missing and drops what is stale."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.rag.chunk import DEFAULT_OVERLAP, DEFAULT_SIZE, SUFFIXES, chunk_file, kind_of
-from kit.rag.store import Record
+from kit.rag.store import Change, Record
+
+BATCH_CHUNKS = 256  # per embedding call and per write: big enough to fill a batch, small enough to lose little
 
 NAMESPACE = uuid.UUID("6f1c5d2e-4b1a-5c8e-9d7f-0a3b2c1d4e5f")  # kit's: ids are the same on every machine
 
@@ -84,7 +87,8 @@ def _under(source: str, roots: list[Path]) -> bool:
 
 def ingest_into(paths: list[str], *, stack: str | None, store: str | None, collection: str | None,
                 site: str | None = None, embed_model: str | None = None, size: int = DEFAULT_SIZE,
-                overlap: int = DEFAULT_OVERLAP, prune: bool = False, progress=None) -> tuple[Summary, str]:
+                overlap: int = DEFAULT_OVERLAP, prune: bool = False, batch: int = BATCH_CHUNKS,
+                progress=None) -> tuple[Summary, str]:
     """`kit rag ingest`: every argument checked before a store is opened or created, then
     ``ingest``. ``progress(total)`` is a context manager yielding the per-file callback.
     Returns the summary and the store's label."""
@@ -92,27 +96,29 @@ def ingest_into(paths: list[str], *, stack: str | None, store: str | None, colle
 
     from kit.rag.target import open_target
 
-    check_sizes(size, overlap)
+    check_sizes(size, overlap, batch)
     files = collect(paths)[0]
     target = open_target(stack=stack, store=store, collection=collection, site=site, embed_model=embed_model)
     try:
         with (progress(len(files)) if progress else nullcontext()) as advance:
-            summary = ingest(target, paths, size=size, overlap=overlap, prune=prune, progress=advance)
+            summary = ingest(target, paths, size=size, overlap=overlap, prune=prune, batch=batch, progress=advance)
         return summary, f"{target.store.label} [{target.store.collection}]"
     finally:
         target.close()
 
 
-def check_sizes(size: int, overlap: int) -> None:
+def check_sizes(size: int, overlap: int, batch: int = BATCH_CHUNKS) -> None:
     from kit.rag.chunk import chunk_blocks
 
     chunk_blocks([], size, overlap)
+    if batch < 1:
+        raise KitError(f"--batch-size {batch}: at least 1")
 
 
 def ingest(target, paths: list[str], *, size: int = DEFAULT_SIZE, overlap: int = DEFAULT_OVERLAP,
-           prune: bool = False, progress=None) -> Summary:
+           prune: bool = False, batch: int = BATCH_CHUNKS, progress=None) -> Summary:
     """``progress(advance_files, description)``: called once per file (for a progress bar)."""
-    check_sizes(size, overlap)
+    check_sizes(size, overlap, batch)
     files, roots, skipped = collect(paths)
     store, embedder = target.store, target.embedder
     store.claim_writes()
@@ -121,7 +127,7 @@ def ingest(target, paths: list[str], *, size: int = DEFAULT_SIZE, overlap: int =
         raise KitError(f"--collection {store.collection}: built with embedding model {built}, not {embedder.name}; "
                        f"use another --collection")
     summary = Summary(files=len(files), skipped=skipped)
-    prepared = False
+    pending = Batch(store, embedder, summary, progress, batch)
     for path in files:
         source = str(path)
         if progress:
@@ -135,28 +141,17 @@ def ingest(target, paths: list[str], *, size: int = DEFAULT_SIZE, overlap: int =
             continue
         ids = [chunk_id(source, c.position, c.text) for c in chunks]
         existing = store.ids(source)
-        if set(ids) == existing:
-            if chunks:
-                summary.unchanged_files += 1
-            else:
-                summary.skipped.append((source, "no text"))
+        if set(ids) != existing:
+            pending.add(source, [(i, c) for i, c in zip(ids, chunks) if i not in existing], existing - set(ids),
+                      bool(existing), path.name)
+            continue
+        if chunks:
+            summary.unchanged_files += 1
         else:
-            fresh = [(i, c) for i, c in zip(ids, chunks) if i not in existing]
-            vectors = embedder.embed([c.text for _, c in fresh])
-            if vectors and not prepared:
-                store.prepare(embedder.name, len(vectors[0]))
-                prepared = True
-            records = [Record(i, source, c.position, c.text, c.heading, v) for (i, c), v in zip(fresh, vectors)]
-            stale = existing - set(ids)
-            store.replace(source, records, stale)
-            summary.chunks_added += len(records)
-            summary.chunks_removed += len(stale)
-            if existing:
-                summary.changed_files += 1
-            else:
-                summary.new_files += 1
+            summary.skipped.append((source, "no text"))
         if progress:
             progress(1, path.name)
+    pending.flush()
     if prune:
         present = {str(p) for p in files}
         for source in sorted(store.sources()):
@@ -165,3 +160,41 @@ def ingest(target, paths: list[str], *, size: int = DEFAULT_SIZE, overlap: int =
                 summary.pruned_files += 1
     summary.total_chunks = store.count()
     return summary
+
+
+class Batch:
+    """Changed files waiting to be embedded and written together; counted in the summary (and
+    the progress bar) once written."""
+
+    def __init__(self, store, embedder, summary: Summary, progress, size: int):
+        self.store, self.embedder, self.summary, self.progress, self.size = store, embedder, summary, progress, size
+        self.files: list[tuple[str, list, set[str], bool, str]] = []
+        self.chunks = 0
+        self.prepared = False
+
+    def add(self, source: str, fresh: list, stale: set[str], existed: bool, name: str) -> None:
+        self.files.append((source, fresh, stale, existed, name))
+        self.chunks += len(fresh)
+        if self.chunks >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.files:
+            return
+        vectors = iter(self.embedder.embed([c.text for _, fresh, *_ in self.files for _, c in fresh]))
+        changes = [Change(source, [Record(i, source, c.position, c.text, c.heading, next(vectors)) for i, c in fresh],
+                          stale) for source, fresh, stale, *_ in self.files]
+        if not self.prepared and any(c.records for c in changes):
+            self.store.prepare(self.embedder.name, len(next(c.records for c in changes if c.records)[0].vector))
+            self.prepared = True
+        self.store.write(changes)
+        for (source, fresh, stale, existed, name) in self.files:
+            self.summary.chunks_added += len(fresh)
+            self.summary.chunks_removed += len(stale)
+            if existed:
+                self.summary.changed_files += 1
+            else:
+                self.summary.new_files += 1
+            if self.progress:
+                self.progress(1, name)
+        self.files, self.chunks = [], 0

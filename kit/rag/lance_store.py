@@ -26,7 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.rag.store import DEFAULT_ALPHA, DEFAULT_COLLECTION, Hit, Record, check_collection
+from kit.rag.store import DEFAULT_ALPHA, DEFAULT_COLLECTION, Change, Hit, Record, check_collection
 
 # Exact search of 50,000 384-dim vectors takes about 30 ms on two cores (benchmarks/RESULTS.md),
 # a few times the cost of embedding the question, and grows linearly; past it, an index.
@@ -173,25 +173,28 @@ class LocalStore:
     def sources(self) -> set[str]:
         return {source for source, ids in self._by_source().items() if ids}
 
-    def replace(self, source: str, records: list[Record], stale: set[str]) -> None:
-        """Two commits, each atomic and idempotent: the file's new chunks are upserted by id
-        (merge_insert: a retry never duplicates a row), then its stale ids are deleted. Killed
-        before the first, nothing changed; between the two, the file holds its old and new
+    def write(self, changes: list[Change]) -> None:
+        """Two commits, each atomic and idempotent: the files' new chunks are upserted by id
+        (merge_insert: a retry never duplicates a row), then their stale ids are deleted. Killed
+        before the first, nothing changed; between the two, the files hold their old and new
         chunks, and the rerun finds every new id present and the stale ones still there, so it
-        embeds nothing and deletes them. Either way a rerun ends with the file's chunks, once.
+        embeds nothing and deletes them. Either way a rerun ends with each file's chunks, once.
         (One merge_insert that also deletes the stale rows would be a single commit, but LanceDB
-        joins it against the whole table: 300 ms a file at 200,000 chunks against 30.)"""
+        joins it against the whole table: 300 ms a commit at 200,000 chunks against 30.)"""
+        records = [r for c in changes for r in c.records]
+        stale = {c.source: c.stale for c in changes if c.stale}
         if not records and not stale:
             return
         known = self._by_source()
-        with self._errors(f"cannot write the chunks of {source}"):
+        with self._errors(f"cannot write the chunks of {changes[0].source}"
+                          + (f" and {len(changes) - 1} more files" if len(changes) > 1 else "")):
             if records:
                 self._open().merge_insert("id").when_matched_update_all().when_not_matched_insert_all() \
                     .execute(self._arrow(records))
                 for r in records:
                     known.setdefault(r.source, set()).add(r.id)
                 self._wrote()
-            self._delete(source, stale)
+            self._delete(stale)
 
     def _arrow(self, records: list[Record]):
         import numpy as np
@@ -205,18 +208,19 @@ class LocalStore:
                          "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)},
                         schema=self._table.schema)
 
-    def _delete(self, source: str, ids: set[str]) -> None:
-        ids = sorted(ids)
-        for i in range(0, len(ids), DELETE_BATCH):
-            batch = ids[i:i + DELETE_BATCH]
-            self._table.delete(f"id IN ({', '.join(quoted(x) for x in batch)})")
-            self._ids.get(source, set()).difference_update(batch)
+    def _delete(self, stale: dict[str, set[str]]) -> None:
+        pairs = sorted((i, source) for source, ids in stale.items() for i in ids)
+        for n in range(0, len(pairs), DELETE_BATCH):
+            batch = pairs[n:n + DELETE_BATCH]
+            self._table.delete(f"id IN ({', '.join(quoted(i) for i, _ in batch)})")
+            for i, source in batch:
+                self._ids.get(source, set()).discard(i)
             self._wrote()
 
     def delete_source(self, source: str) -> int:
         ids = self.ids(source)
         with self._errors(f"cannot delete the chunks of {source}"):
-            self._delete(source, ids)
+            self._delete({source: ids})
         return len(ids)
 
     def _wrote(self) -> None:

@@ -3,8 +3,8 @@ embedded local store (``kit.rag.lance_store``: LanceDB on disk), the default, an
 (``kit.rag.weaviate_store``) for a stack job.
 
 A collection records the embedding model it was built with; mixing models in one collection is
-refused. ``replace`` writes a file's new chunks and drops its stale ones, in an order that lets
-a rerun finish what an interrupted ingest started: no duplicates, nothing missing."""
+refused. ``write`` puts files' new chunks in and then drops their stale ones, in an order that
+lets a rerun finish what an interrupted ingest started: no duplicates, nothing missing."""
 
 from __future__ import annotations
 
@@ -31,6 +31,14 @@ class Record:
 
 
 @dataclass
+class Change:
+    """One file's part of a write: its chunks not yet in the store, and its ids no longer wanted."""
+    source: str
+    records: list[Record]
+    stale: set[str]
+
+
+@dataclass
 class Hit:
     id: str
     source: str
@@ -51,7 +59,7 @@ class Store(Protocol):
     def prepare(self, model: str, dim: int) -> None: ...
     def ids(self, source: str) -> set[str]: ...
     def sources(self) -> set[str]: ...
-    def replace(self, source: str, records: list[Record], stale: set[str]) -> None: ...
+    def write(self, changes: list[Change]) -> None: ...
     def delete_source(self, source: str) -> int: ...
     def search(self, query: str, vector: list[float], k: int, alpha: float = DEFAULT_ALPHA) -> list[Hit]: ...
     def count(self) -> int: ...

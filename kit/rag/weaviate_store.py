@@ -8,7 +8,7 @@ from __future__ import annotations
 from urllib.parse import urlparse
 
 from kit.errors import KitError
-from kit.rag.store import DEFAULT_ALPHA, Hit, Record, check_collection
+from kit.rag.store import DEFAULT_ALPHA, Change, Hit, check_collection
 
 MAX_PER_SOURCE = 10_000
 
@@ -85,17 +85,19 @@ class WeaviateStore:
         res = self._col().aggregate.over_all(group_by=GroupByAggregate(prop="source", limit=1_000_000))
         return {str(g.grouped_by.value) for g in res.groups}
 
-    def replace(self, source: str, records: list[Record], stale: set[str]) -> None:
+    def write(self, changes: list[Change]) -> None:
         col = self._col()
         try:
             with col.batch.fixed_size(batch_size=100, concurrent_requests=2) as batch:
-                for r in records:
+                for r in (r for c in changes for r in c.records):
                     batch.add_object(uuid=r.id, vector=r.vector, properties={
                         "text": r.text, "heading": r.heading, "source": r.source, "chunk": r.chunk})
             failed = col.batch.failed_objects
             if failed:  # new chunks first, stale ones only once they are in: a rerun finishes the job
-                raise KitError(f"{self.label}: {len(failed)} chunks of {source} were refused: {failed[0].message}")
-            self._delete(stale)
+                source = (failed[0].object_.properties or {}).get("source", "?")
+                raise KitError(f"{self.label}: {len(failed)} chunks were refused, the first of {source}: "
+                               f"{failed[0].message}")
+            self._delete([i for c in changes for i in c.stale])
         except self._errors as e:
             raise _error(self.label, e) from None
 
