@@ -420,6 +420,66 @@ def test_the_trainers_choices_change_the_plan():
     assert opt8["per_gpu"]["optimizer_gib"] == pytest.approx(opt32["per_gpu"]["optimizer_gib"] / 4, abs=0.01)
 
 
+def test_sharded_qlora_must_hold_the_whole_4bit_model_on_each_gpu_while_it_loads():
+    """Every rank quantizes the whole model onto its own GPU before FSDP shards it: 70B on two
+    40 GB A100s would fit the sharded training peak, but not that."""
+    from kit.plan.memory import finetune_breakdown, qlora_load_bytes
+
+    seventy = model("meta-llama/Llama-3.1-70B-Instruct")
+    plan = plan_finetune(seventy, QUEST, method="qlora", gpus=2, gpu="a100-40")
+    assert not plan["fits"]
+    [reason] = [r["reason"] for r in plan["rejected"] if r["option"] == "2x a100-40 (gengpu)"]
+    assert reason == ("each GPU holds the whole 4-bit model before FSDP shards it: needs 38.8 GiB, usable 37.6 GiB; "
+                      "use a GPU tier with more memory")
+    lay, trainable = seventy.require_layout(), plan["trainable_params"]
+    training = finetune_breakdown(lay, n=2, method="qlora", seq_len=2048, batch_size=1, grad_ckpt=True,
+                                  trainable=trainable, optimizer="adamw", gpu_gib=39.6, lora_r=16)
+    assert training.total < training.usable < qlora_load_bytes(lay, trainable)  # only the load does not fit
+    h, i = 8192, 28672
+    linear = 80 * (2 * h * h + 2 * h * 8 * 128 + 3 * h * i)
+    by_hand = linear * (0.5 + 0.0159) + (seventy.params - linear) * 2 + trainable * 4 + h * i * 2 + 0.75 * GIB
+    assert qlora_load_bytes(lay, trainable) == pytest.approx(by_hand)
+    assert plan_finetune(seventy, QUEST, method="qlora", gpus=2, gpu="a100-80")["fits"]
+
+
+def test_the_job_asks_the_host_memory_of_the_whole_16bit_model(tmp_path):
+    """One process reads a LoRA or full fine-tuning base model whole into host memory (rank 0
+    of a sharded run; QLoRA streams it onto the GPUs): the job's --mem covers it with a margin
+    and each process's own, above the site's per-GPU default and within the node; a node too
+    small for it is turned down."""
+    from kit.jobs.spec import host_resources
+    from kit.plan.memory import constants
+
+    host = constants()["finetune"]["host"]
+    site_file = tmp_path / "small-hosts.yaml"
+    site_file.write_text((ROOT / "site-configs" / "quest.yaml").read_text()
+                         .replace('  walltime: "04:00:00"\n', '  walltime: "04:00:00"\n  mem_per_gpu_gib: 8\n', 1))
+    small = load_site(str(site_file)).site
+    eight, seventy = model("meta-llama/Llama-3.1-8B-Instruct"), model("meta-llama/Llama-3.1-70B-Instruct")
+
+    def need(params, processes):
+        return -(-int(params * host["load_bytes"] * (1 + host["load_margin"]) + processes * host["per_process_gib"] * GIB)
+                 // GIB)
+
+    lora = plan_finetune(seventy, small, method="lora")
+    assert (lora["gpus"], lora["gpu_type"], lora["host_mem_gib"]) == (4, "a100-80", need(seventy.params, 4))
+    assert host_resources(small, lora)[1] == lora["host_mem_gib"] == 161  # not 4 x 8 GiB
+    qlora = plan_finetune(seventy, small, method="qlora", gpus=4)
+    assert qlora["host_mem_gib"] == 4 * host["per_process_gib"] and host_resources(small, qlora)[1] == 32
+    one = plan_finetune(eight, small, method="lora")
+    assert (one["gpu_type"], one["host_mem_gib"], host_resources(small, one)[1]) == ("a100-40", 21, 21)
+    assert host_resources(QUEST, plan_finetune(eight, QUEST, method="lora"))[1] == 64  # the default covers it
+
+    site_file.write_text(site_file.read_text().replace("mem_per_node_gib: 192 ", "mem_per_node_gib: 20 "))
+    tiny_nodes = load_site(str(site_file)).site  # a job gets 18 GiB on an a100-40 node
+    moved = plan_finetune(eight, tiny_nodes, method="lora")
+    assert moved["fits"] and moved["gpu_type"] == "a100-80"
+    [reason] = [r["reason"] for r in moved["rejected"] if r["option"] == "1x a100-40 (gengpu)"]
+    assert reason == ("host memory: the whole 16-bit model is read into it first: needs 20.5 GiB, a job gets "
+                      "18 GiB on these nodes; use --method qlora (it streams the model onto the GPUs)")
+    assert plan_finetune(eight, tiny_nodes, method="qlora")["gpu_type"] == "a100-40"
+
+
 @pytest.mark.parametrize("trainer, expected", [
     ({"cpu_offload": True}, "cpu_offload: not planned"),
     ({"attention": "eager"}, "attention eager: kit's trainer uses sdpa or flash_attention_2"),

@@ -492,6 +492,50 @@ def test_full_fine_tuning_and_qlora_shard_like_lora(tiny, tmp_path, method, resu
         pytest.approx([r["loss"] for r in metrics(tmp_path / "two" / "out")], abs=1e-4)
 
 
+def test_rank_0_alone_reads_the_base_model_and_the_other_rank_gets_its_weights_and_buffers(tmp_path):
+    """Sharded LoRA loads as accelerate's cpu_ram_efficient_loading: rank 0 reads the weights,
+    rank 1 builds the model on the meta device, and after sharding receives rank 0's weights
+    and buffers. So rank 1's peak host memory stays below rank 0's by about the model's size
+    (loading on both ranks, they differ by ~10 % of it), and both end with the model one
+    process loads: the checkpoint's weights, the same LoRA init (the seed), the rotary
+    inv_freq (a buffer in no state dict) and the same trainable parameters."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import set_seed
+
+    from kit.train.model import load_model
+
+    model = build_tiny_chat_model(tmp_path / "model", hidden_size=768, intermediate_size=2048, num_hidden_layers=4,
+                                  num_attention_heads=6, num_key_value_heads=3)  # 107 MB of fp32 weights
+    config, out = write_config(tmp_path, model), tmp_path / "load"
+    out.mkdir()
+    proc = finish(subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                                    "2", str(Path(__file__).parent / "sharded_load.py"), str(config), str(out)],
+                                   text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"}), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    on_disk = load_file(model / "model.safetensors")
+    model_bytes = sum(t.numel() * t.element_size() for t in on_disk.values())
+    ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert (ranks[0]["peak_rss_kib"] - ranks[1]["peak_rss_kib"]) * 1024 > 0.5 * model_bytes, ranks
+
+    set_seed(7)  # the config's seed: one process's model, adapters included
+    alone = load_model(load_config(config), torch.device("cpu"))
+    gathered, expected = load_file(out / "weights.safetensors"), alone.state_dict()
+    assert gathered.keys() == expected.keys()
+    for name, t in gathered.items():
+        assert torch.equal(t, expected[name]), name
+        if "lora_" not in name:
+            assert torch.equal(t, on_disk[name.removeprefix("base_model.model.").replace(".base_layer", "")]), name
+    buffers = dict(alone.named_buffers())
+    assert any(name.endswith("inv_freq") for name in buffers)
+    for r in (0, 1):
+        mine = load_file(out / f"buffers-{r}.safetensors")
+        assert mine.keys() == buffers.keys() and all(torch.equal(mine[n], buffers[n]) for n in mine), r
+        assert ranks[r]["requires_grad"] == {n: p.requires_grad for n, p in alone.named_parameters()}
+        assert set(ranks[r]["trainable"]) == {n for n, p in alone.named_parameters() if p.requires_grad}
+
+
 def test_a_checkpoint_resumes_only_with_the_processes_that_wrote_it(tmp_path):
     from types import SimpleNamespace
 

@@ -179,6 +179,8 @@ def plan_report(r: dict) -> None:
     console.print(f"[green]chosen:[/green] {r['gpus']}x {r['gpu_type']} on {r['site']}: "
                   f"--partition={r['partition']} --nodes={r['nodes']} --gres={r['gres']}{constraint}")
     console.print("args: " + " ".join(r["engine_args"]))
+    if r.get("host_mem_gib"):
+        console.print(f"host memory: needs {r['host_mem_gib']} GiB (the job's --mem is at least that)")
 
 
 def jobs_table(rows: list[dict]) -> None:

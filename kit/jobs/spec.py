@@ -70,8 +70,10 @@ def job_name(stem: str, prefix: str, name: str | None) -> str:
 
 
 def host_resources(site, plan: dict) -> tuple[int, int]:
-    """(CPUs, GiB of memory) the job asks for: per GPU as the site says, capped by the node; a
-    plan without GPUs names its own (``cpus``, ``mem_gib``)."""
+    """(CPUs, GiB of memory) the job asks for: per GPU as the site says, at least the plan's
+    ``host_mem_gib`` (a fine-tuning job reads its whole base model into host memory), capped by
+    the node (the planner turned down nodes too small for it); a plan without GPUs names its own
+    (``cpus``, ``mem_gib``)."""
     if not plan["gpus"]:
         return plan["cpus"], plan["mem_gib"]
     tier = site.partitions[plan["partition"]].gpu_tiers[plan["gpu_type"]]
@@ -79,9 +81,9 @@ def host_resources(site, plan: dict) -> tuple[int, int]:
     cpus = site.defaults.cpus_per_gpu * per_node
     if tier.cpus_per_node:
         cpus = min(cpus, tier.cpus_per_node)
-    mem = site.defaults.mem_per_gpu_gib * per_node  # GiB, as Slurm reads --mem=NG
-    if tier.mem_per_node_gib:
-        mem = min(mem, int(tier.mem_per_node_gib * 0.9))
+    mem = max(site.defaults.mem_per_gpu_gib * per_node, plan.get("host_mem_gib") or 0)  # GiB, as Slurm reads --mem=NG
+    if tier.job_mem_gib:
+        mem = min(mem, tier.job_mem_gib)
     return cpus, mem
 
 

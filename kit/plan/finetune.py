@@ -6,7 +6,15 @@ from __future__ import annotations
 from kit.errors import KitError
 from kit.models.arch import Layout
 from kit.models.resolve import ModelInfo
-from kit.plan.memory import Breakdown, constants, finetune_breakdown, lora_trainable
+from kit.plan.memory import (
+    GIB,
+    Breakdown,
+    constants,
+    finetune_breakdown,
+    finetune_host_bytes,
+    lora_trainable,
+    qlora_load_bytes,
+)
 from kit.plan.search import Option, base_result, check_gpu_count, fill_choice, gib, walk
 
 
@@ -66,7 +74,21 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
         if b.total > b.usable:
             top = max(b.terms, key=b.terms.get)
             return b, f"needs {gib(b.total)} per GPU, usable {gib(b.usable)}; largest term: {top} {gib(b.terms[top])}"
-        return b, None
+        return b, loading_problem(option, b.usable)
+
+    def host_bytes(option: Option) -> float:
+        return finetune_host_bytes(layout, method, min(option.gpus, option.tier.gpus_per_node))
+
+    def loading_problem(option: Option, usable: float) -> str | None:
+        """What fits in training but not while the model loads (memory.yaml ``finetune.host``)."""
+        host, cap = host_bytes(option), option.tier.job_mem_gib
+        if cap is not None and host > cap * GIB:
+            return (f"host memory: the whole 16-bit model is read into it first: needs {gib(host)}, a job "
+                    f"gets {cap} GiB on these nodes; use --method qlora (it streams the model onto the GPUs)")
+        if method == "qlora" and option.gpus > 1 and qlora_load_bytes(layout, trainable) > usable:
+            return (f"each GPU holds the whole 4-bit model before FSDP shards it: needs "
+                    f"{gib(qlora_load_bytes(layout, trainable))}, usable {gib(usable)}; use a GPU tier with more memory")
+        return None
 
     sizes = [gpus] if gpus else [1, 2, 4, 8]
     w = walk(site, partition, gpu, sizes, evaluate)
@@ -74,9 +96,10 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
     result.update(method=method, seq_len=seq_len, batch_size=batch_size, grad_ckpt=grad_ckpt,
                   lora_r=lora_r if adapters else None,
                   lora_targets=lora_targets if adapters else None, optimizer=optimizer,
-                  trainable_params=trainable, strategy=None)
+                  trainable_params=trainable, strategy=None, host_mem_gib=None)
     if w.chosen is not None:
         n = w.chosen.gpus
+        result["host_mem_gib"] = -(-int(host_bytes(w.chosen)) // GIB)
         result["strategy"] = "fsdp" if n > 1 else "single-gpu"
         args = ["--method", method, "--seq-len", str(seq_len), "--batch-size", str(batch_size),
                 "--grad-ckpt" if grad_ckpt else "--no-grad-ckpt", "--optimizer", optimizer]

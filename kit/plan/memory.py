@@ -237,3 +237,24 @@ def finetune_breakdown(layout: Layout, *, n: int, method: str, seq_len: int, bat
              "fsdp_unsharded_gib": round((unsharded + unsharded_grads) / GIB, 2),
              "loss_peak_gib": round(loss_peak / GIB, 2), "dequant_buffer_gib": round(dequant / GIB, 2)}
     return Breakdown(terms, usable, extra)
+
+
+def finetune_host_bytes(layout: Layout, method: str, processes: int) -> float:
+    """Host memory of a fine-tuning job on its node: the 16-bit base model, read whole by one
+    process, and each process's own (memory.yaml ``finetune.host``); QLoRA only the latter."""
+    c = constants()["finetune"]
+    host = c["host"]
+    streamed = c["methods"][method]["base_quantization"] not in (None, "none")
+    base = 0.0 if streamed else layout.params * host["load_bytes"] * (1 + host["load_margin"])
+    return base + processes * host["per_process_gib"] * GIB
+
+
+def qlora_load_bytes(layout: Layout, trainable: int) -> float:
+    """Each GPU's peak while sharded QLoRA loads: the whole 4-bit model, quantized onto every
+    rank's GPU before FSDP shards it (memory.yaml ``finetune.host``)."""
+    c = constants()["finetune"]
+    q = quant_facts(c["methods"]["qlora"]["base_quantization"])
+    rest = layout.params - layout.linear_params
+    largest = max(lin.d_in * lin.d_out for lin in layout.layer_linears)
+    return (layout.linear_params * (q["bytes"] + q["overhead"]) + rest * 2 + trainable * c["adapter_bytes"]["weights"]
+            + largest * 2 + c["context_gib"] * GIB)

@@ -97,6 +97,12 @@ class GpuTier(Strict):
         if self.usable_gib > self.memory_gib:
             raise ValueError(f"usable_gib {self.usable_gib} exceeds memory_gib {self.memory_gib}")
 
+    @property
+    def job_mem_gib(self) -> int | None:
+        """The most host memory (GiB) a job asks on one of these nodes: 90 % of what is installed
+        (the OS and Slurm keep the rest); None when the site does not say."""
+        return int(self.mem_per_node_gib * 0.9) if self.mem_per_node_gib else None
+
 
 class Partition(Strict):
     max_walltime: str | None = None  # D-HH:MM:SS, or null when unlimited/unknown

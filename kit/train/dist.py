@@ -48,14 +48,22 @@ class Runtime:
     def sharded(self) -> bool:
         return self.world > 1
 
-    def prepare(self, model):
+    def prepare(self, model, from_rank0: bool = False):
         """FSDP2 full sharding: each decoder layer (the classes transformers keeps on one device,
         `_no_split_modules`) is one unit, gathered for its forward and backward only; the rest
-        (embeddings, final norm, LM head) is the root unit. Alone: the model moves to the device."""
+        (embeddings, final norm, LM head) is the root unit. Alone: the model moves to the device.
+
+        ``from_rank0``: rank 0 alone loaded the weights and the other ranks built the same model
+        on the meta device (kit.train.model.rank0_loads); once sharded, they receive their shards
+        of rank 0's weights and all of its buffers."""
         if not self.sharded:
             return model if self.device.type == "cpu" or _on(model, self.device) else model.to(self.device)
         from torch.distributed.fsdp import fully_shard
 
+        full = None
+        if from_rank0:
+            self._check_same_model(model)
+            full = model.state_dict() if self.main else {}  # rank 0's loaded tensors, held until sent
         names = set()
         for m in model.modules():
             names.update(getattr(m, "_no_split_modules", None) or ())
@@ -63,7 +71,34 @@ class Runtime:
             if type(m).__name__ in names:
                 fully_shard(m, mesh=self.mesh)
         fully_shard(model, mesh=self.mesh)
+        if from_rank0:
+            self._fill_from_rank0(model, full)
         return model
+
+    def _check_same_model(self, model) -> None:
+        """Every rank built what rank 0 loaded: the same tensors, shapes and dtypes (a dtype that
+        differs would be converted silently when rank 0's weights are copied in)."""
+        mine = [(n, tuple(t.shape), str(t.dtype)) for n, t in [*model.state_dict().items(), *model.named_buffers()]]
+        theirs = self.broadcast(mine)
+        first = next((f"{a} here, {b} there" for a, b in zip(mine, theirs) if a != b),
+                     None if len(mine) == len(theirs) else f"{len(mine)} tensors here, {len(theirs)} there")
+        bad = [(rank, diff) for rank, diff in enumerate(self.gather(first)) if diff]
+        if bad:
+            rank, diff = bad[0]
+            raise KitError(f"process {rank} built another model than process 0 loaded: {diff}", exit_code=1)
+
+    def _fill_from_rank0(self, model, full: dict) -> None:
+        """The meta ranks' shards get memory, then rank 0's weights, one tensor at a time (torch's
+        broadcast_from_rank0: rank 0 passes the full state dict, the others an empty one), then
+        every buffer: non-persistent ones (rotary inv_freq) are in no state dict."""
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        if not self.main:
+            model.to_empty(device=self.device)
+        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        for _, buffer in model.named_buffers():
+            dist.broadcast(buffer, src=0)
 
     def shard_sizes(self, model) -> dict:
         """Elements of the parameters this process holds, per process, and of the whole model."""

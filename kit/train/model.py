@@ -37,25 +37,14 @@ def quantization(cfg: TrainConfig):
                               bnb_4bit_compute_dtype=dtype_of(cfg), bnb_4bit_quant_storage=dtype_of(cfg))
 
 
-def load_model(cfg: TrainConfig, device, sharded: bool = False):
+def load_model(cfg: TrainConfig, device, sharded: bool = False, weights: bool = True):
     """The model ready to train: adapters added (lora, qlora), gradient checkpointing as configured.
 
     QLoRA alone goes through peft's prepare_model_for_kbit_training, which casts every weight that
     is not 4-bit to fp32; sharded (FSDP) it keeps them in the storage dtype, as TRL does and as the
-    planner counts it (kit/plan/memory.py: no upcast when n > 1)."""
-    from transformers import AutoModelForCausalLM
-
-    kwargs = {"dtype": dtype_of(cfg), "attn_implementation": cfg.training.attn_implementation,
-              "local_files_only": True}
-    if cfg.method == "qlora":
-        kwargs.update(quantization_config=quantization(cfg), device_map={"": device})
-    try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
-    except ImportError as e:
-        raise KitError(f"training.attn_implementation {cfg.training.attn_implementation}, method "
-                       f"{cfg.method}: a library is missing: {str(e).splitlines()[0]}") from None
-    except (OSError, ValueError) as e:
-        raise KitError(f"model {cfg.model}: cannot load it: {str(e).splitlines()[0]}") from None
+    planner counts it (kit/plan/memory.py: no upcast when n > 1). ``weights=False`` builds the same
+    model on the meta device, reading no weight (see rank0_loads)."""
+    model = pretrained(cfg, device) if weights else on_meta(cfg)
     model.config.use_cache = False
     checkpointing = {"use_reentrant": False}
     if cfg.method == "qlora" and not sharded:
@@ -68,6 +57,65 @@ def load_model(cfg: TrainConfig, device, sharded: bool = False):
     if cfg.adapters:
         model = add_adapters(model, cfg)
     return model
+
+
+def rank0_loads(cfg: TrainConfig, sharded: bool) -> bool:
+    """Whether rank 0 alone reads the base model, into host memory, and the other ranks build it on
+    the meta device and receive their shards from rank 0 (accelerate's cpu_ram_efficient_loading):
+    sharded LoRA and full fine-tuning. A node then holds the whole model once, not once per GPU.
+
+    Not QLoRA: transformers quantizes it while streaming each checkpoint file straight onto the
+    rank's GPU (device_map), so host memory holds one file at a time already; and only
+    from_pretrained quantizes, so a model built from the config on the meta device would not
+    even have the 4-bit layers whose packed weights and quantization state rank 0 would send.
+    Each GPU holds the whole 4-bit model until FSDP shards it (the planner checks that it fits)."""
+    return sharded and cfg.method != "qlora"
+
+
+def prepared_model(cfg: TrainConfig, runtime):
+    """This process's model, sharded when there are several, and the names of its trainable
+    parameters. Every rank builds the same model from the same seed (the LoRA init), or receives
+    rank 0's (rank0_loads)."""
+    from_rank0 = rank0_loads(cfg, runtime.sharded)
+    model = load_model(cfg, runtime.device, sharded=runtime.sharded, weights=runtime.main or not from_rank0)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return runtime.prepare(model, from_rank0=from_rank0), trainable
+
+
+def pretrained(cfg: TrainConfig, device):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype_of(cfg), "attn_implementation": cfg.training.attn_implementation,
+              "local_files_only": True}
+    if cfg.method == "qlora":
+        kwargs.update(quantization_config=quantization(cfg), device_map={"": device})
+    with loading(cfg):
+        return AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
+
+
+def on_meta(cfg: TrainConfig):
+    """The model from_pretrained would load, built from its config on the meta device: the same
+    class, dtype and attention, no memory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with loading(cfg):
+        config = AutoConfig.from_pretrained(cfg.model, local_files_only=True)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype_of(cfg),
+                                                    attn_implementation=cfg.training.attn_implementation)
+
+
+@contextlib.contextmanager
+def loading(cfg: TrainConfig):
+    """A model that cannot be loaded or built is one line naming the cause."""
+    try:
+        yield
+    except ImportError as e:
+        raise KitError(f"training.attn_implementation {cfg.training.attn_implementation}, method "
+                       f"{cfg.method}: a library is missing: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError) as e:
+        raise KitError(f"model {cfg.model}: cannot load it: {str(e).splitlines()[0]}") from None
 
 
 def add_adapters(model, cfg: TrainConfig):

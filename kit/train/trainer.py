@@ -104,7 +104,7 @@ def _train(cfg: TrainConfig, config_path: str, runtime, stop: StopRequest) -> in
     import torch
     from transformers import set_seed
 
-    from kit.train.model import build_optimizer, build_scheduler, load_model, load_tokenizer
+    from kit.train.model import build_optimizer, build_scheduler, load_tokenizer, prepared_model
 
     out = Path(cfg.output_dir)
     main = runtime.main
@@ -117,15 +117,13 @@ def _train(cfg: TrainConfig, config_path: str, runtime, stop: StopRequest) -> in
     train_set, val_set = datasets(cfg, tokenizer)  # bad data fails here, before anything is written
     schedule = Schedule(len(train_set), cfg, runtime.world, runtime.rank)
     set_seed(cfg.training.seed)
-    model = load_model(cfg, runtime.device, sharded=runtime.sharded)  # the same initial weights on every rank
+    model, trainable = prepared_model(cfg, runtime)  # the same initial weights on every rank
     torch.manual_seed(cfg.training.seed + runtime.rank)  # dropout: each rank its own masks
     if main:
         out.mkdir(parents=True, exist_ok=True)
         for name in checkpoint.remove_partial(out):
             say(f"removed {name}, a checkpoint whose writing was interrupted")
     runtime.barrier()
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    model = runtime.prepare(model)
     params = [p for p in model.parameters() if p.requires_grad]  # after sharding: the shards
     optimizer = build_optimizer(cfg, params)
     scheduler = build_scheduler(cfg, optimizer, schedule.total_steps)
