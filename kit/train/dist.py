@@ -146,13 +146,18 @@ class Runtime:
         """The named tensors of the model's state dict (all when ``names`` is None), whole and on
         the CPU, on rank 0 (empty elsewhere). Every rank must call it: each sharded tensor is
         gathered in turn, so no process ever holds more than one whole tensor at a time."""
-        out = {}
+        first = {}  # a tied weight (LM head = embeddings) is one parameter under two names
+        alias = {name: first.setdefault(id(p), name) for name, p in model.named_parameters(remove_duplicate=False)}
+        out, gathered = {}, {}
         for name, t in model.state_dict().items():
             if names is not None and name not in names:
                 continue
-            whole = t.full_tensor() if _is_dtensor(t) else t
+            same = alias.get(name, name)
+            if same not in gathered:  # gathered once, and kept as one tensor, which save_pretrained
+                whole = t.full_tensor() if _is_dtensor(t) else t  # then writes once, as one process does
+                gathered[same] = whole.detach().cpu().contiguous() if self.main else None
             if self.main:
-                out[name] = whole.detach().cpu().contiguous()
+                out[name] = gathered[same]
         return out
 
     def close(self) -> None:
