@@ -19,6 +19,7 @@ still found (LanceDB scans them flat), only more slowly."""
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from contextlib import contextmanager
@@ -83,7 +84,7 @@ class LocalStore:
         self._table = None
         self._ids = None  # source -> ids, read once (``_by_source``)
         self._writes = 0  # since the last optimize
-        self._lock = None  # the open lock file while this store is the writer (``claim_writes``)
+        self._lock = None  # the lock file's descriptor while this store is the writer (``claim_writes``)
 
     @contextmanager
     def _errors(self, doing: str):
@@ -118,12 +119,12 @@ class LocalStore:
         released when the process ends, however it ends."""
         import fcntl
 
-        with self._errors("cannot lock it for writing"):
-            self._lock = open(self.dir / WRITER_LOCK, "a")
+        with self._errors("cannot lock it for writing"):  # read-only: a lab's other writers can share it
+            self._lock = os.open(self.dir / WRITER_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self._lock.close()
+            os.close(self._lock)
             self._lock = None
             raise KitError(f"--store {self.label}: another `kit rag ingest` is writing to it; "
                            "run this one when it has finished") from None
@@ -277,5 +278,5 @@ class LocalStore:
                     self._optimize()
         finally:
             if self._lock is not None:
-                self._lock.close()  # releases the flock
+                os.close(self._lock)  # releases the flock
                 self._lock = None
