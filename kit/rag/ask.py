@@ -29,7 +29,7 @@ class Answer:
         return [n for n in self._numbers() if 1 <= n <= len(self.hits)]
 
     def _numbers(self) -> list[int]:
-        return list(dict.fromkeys(int(n) for n in re.findall(r"\[(\d+)\]", self.answer or "")))
+        return list(dict.fromkeys(int(n) for n in re.findall(r"(?<!\w)\[(\d{1,3})\]", self.answer or "")))
 
     def notes(self) -> list[str]:
         """What a reader should know before trusting the answer's citations: that it cites

@@ -75,7 +75,7 @@ class LocalStore:
             raise KitError(f"--store {self.label}: not a directory")
         if (self.dir / OLD_STORE_FILE).exists():
             raise KitError(f"--store {self.label}: holds a store of an older kit ({OLD_STORE_FILE}), which this "
-                           "one cannot read; ingest the documents again into a new directory")
+                           f"one cannot read; move {OLD_STORE_FILE} away and ingest the documents again")
         with self._errors("cannot open the store"):
             import lancedb
 
@@ -85,6 +85,7 @@ class LocalStore:
         self._ids = None  # source -> ids, read once (``_by_source``)
         self._writes = 0  # since the last optimize
         self._lock = None  # the lock file's descriptor while this store is the writer (``claim_writes``)
+        self._writer = False  # ``claim_writes`` was called: close brings the indexes up to date
 
     @contextmanager
     def _errors(self, doing: str):
@@ -116,18 +117,31 @@ class LocalStore:
     def claim_writes(self) -> None:
         """One writer at a time: this store caches each source's ids, and a compaction drops the
         versions another writer may be reading. The lock (``flock``) is the kernel's, so it is
-        released when the process ends, however it ends."""
+        released when the process ends, however it ends. The file is opened for writing where it
+        can be (NFS grants an exclusive lock only on such a file), else read-only (a lock file
+        another user created); a filesystem without locks gets a warning, not a refusal."""
+        import errno
         import fcntl
+        import sys
 
-        with self._errors("cannot lock it for writing"):  # read-only: a lab's other writers can share it
-            self._lock = os.open(self.dir / WRITER_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+        self._writer = True
+        path = self.dir / WRITER_LOCK
+        with self._errors("cannot lock it for writing"):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY)
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock)
-            self._lock = None
-            raise KitError(f"--store {self.label}: another `kit rag ingest` is writing to it; "
-                           "run this one when it has finished") from None
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise KitError(f"--store {self.label}: another `kit rag ingest` is writing to it; "
+                               "run this one when it has finished") from None
+            print(f"kit: warning: --store {self.label}: cannot lock it ({e.strerror}); make sure no other "
+                  "`kit rag ingest` writes to it meanwhile", file=sys.stderr)
+            return
+        self._lock = fd
 
     def prepare(self, model: str, dim: int) -> None:
         import pyarrow as pa
@@ -244,6 +258,19 @@ class LocalStore:
         if VECTOR_INDEX not in indexes and table.count_rows() >= VECTOR_INDEX_ROWS:
             table.create_index("vector", config=IvfPq(distance_type="cosine"))
 
+    def _indexes_behind(self) -> bool:
+        """Rows that an index does not cover yet, or no vector index at its size: what a writer
+        killed before its closing optimize leaves, and a rerun with nothing to write must mend."""
+        table = self._open()
+        if table is None:
+            return False
+        indexes = self._indexes()
+        if FTS_INDEX not in indexes or table.index_stats(FTS_INDEX).num_unindexed_rows:
+            return True
+        if VECTOR_INDEX in indexes:
+            return bool(table.index_stats(VECTOR_INDEX).num_unindexed_rows)
+        return table.count_rows() >= VECTOR_INDEX_ROWS
+
     def search(self, query: str, vector: list[float], k: int, alpha: float = DEFAULT_ALPHA) -> list[Hit]:
         import numpy as np
         from lancedb.query import MatchQuery
@@ -273,8 +300,8 @@ class LocalStore:
 
     def close(self) -> None:
         try:
-            if self._writes:
-                with self._errors("cannot optimize"):
+            with self._errors("cannot optimize"):
+                if self._writes or (self._writer and self._indexes_behind()):
                     self._optimize()
         finally:
             if self._lock is not None:

@@ -11,8 +11,12 @@ distributed types, never MULTI_CPU).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 from kit.errors import KitError
+
+
+WAIT_TIMEOUT = timedelta(hours=2)  # rank 0 reading or writing a 70B model on a slow filesystem
 
 
 class Runtime:
@@ -43,6 +47,10 @@ class Runtime:
             self.device, self.backend = torch.device("cpu"), "gloo"
         dist.init_process_group(self.backend)
         self.mesh = init_device_mesh(self.device.type, (self.world,))
+        # Waits on one rank's own work (rank 0 reading the whole model, or writing the result) may
+        # outlast a collective's timeout (NCCL: 10 minutes); those waits go through a gloo group of
+        # their own with a long one. A rank that dies is not waited for: the launcher stops the rest.
+        self.waits = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
 
     @property
     def sharded(self) -> bool:
@@ -62,6 +70,7 @@ class Runtime:
 
         full = None
         if from_rank0:
+            self.barrier()  # rank 0 has read the model
             self._check_same_model(model)
             full = model.state_dict() if self.main else {}  # rank 0's loaded tensors, held until sent
         names = set()
@@ -137,10 +146,11 @@ class Runtime:
         return box[0]
 
     def barrier(self) -> None:
+        """Every rank waits for the others, however long (``WAIT_TIMEOUT``)."""
         if self.sharded:
             import torch.distributed as dist
 
-            dist.barrier()
+            dist.barrier(group=self.waits)
 
     def full_weights(self, model, names: set[str] | None = None) -> dict:
         """The named tensors of the model's state dict (all when ``names`` is None), whole and on
