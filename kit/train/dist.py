@@ -106,7 +106,7 @@ class Runtime:
         if not self.main:
             model.to_empty(device=self.device)
         set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
-        for _, buffer in model.named_buffers():
+        for _, buffer in model.named_buffers(remove_duplicate=False):  # the same list on every rank, shared or not
             dist.broadcast(buffer, src=0)
 
     def shard_sizes(self, model) -> dict:
