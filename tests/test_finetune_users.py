@@ -100,6 +100,7 @@ def slurm_job(job_id: str) -> str:
 def test_a_job_checkpoints_requeues_resumes_and_finishes(lab):
     r = kit_as(OWNER, lab["env"], "finetune", str(lab["config"]), "--time", "00:30:00", "--name", "lab-ft", "--json")
     assert r.returncode == 0, r.stderr
+    assert "training.bf16 false: the plan counts bf16 weights and compute" in r.stderr  # fp32 on the CPU stand-in
     record = json.loads(r.stdout)
     job_id, job_dir = record["job_id"], lab["home"] / "state" / "jobs" / "lab-ft"
     out = lab["home"] / "runs" / "legal-lora"

@@ -116,6 +116,9 @@ def build(site, cfg, config_path: Path, model, plan: dict, *, account: str | Non
                        f"(compute nodes may be offline): `kit models pull {model.name}` first")
     output_dir = Path(cfg.output_dir)
     warnings = list(plan["warnings"]) + check_output_dir(output_dir, config)
+    if not cfg.training.bf16:
+        warnings.append(f"{config}: training.bf16 false: the plan counts bf16 weights and compute; fp32 needs about "
+                        "twice the memory for weights, gradients and activations (set it true on GPUs)")
     files = check_data(cfg)
 
     root = state_root(site)
