@@ -85,9 +85,10 @@ def plan_finetune(model: ModelInfo, site, *, method: str | None = None, seq_len:
         if cap is not None and host > cap * GIB:
             return (f"host memory: the whole 16-bit model is read into it first: needs {gib(host)}, a job "
                     f"gets {cap} GiB on these nodes; use --method qlora (it streams the model onto the GPUs)")
-        if method == "qlora" and option.gpus > 1 and qlora_load_bytes(layout, trainable) > usable:
-            return (f"each GPU holds the whole 4-bit model before FSDP shards it: needs "
-                    f"{gib(qlora_load_bytes(layout, trainable))}, usable {gib(usable)}; use a GPU tier with more memory")
+        load = qlora_load_bytes(layout, trainable) if method == "qlora" and option.gpus > 1 else 0.0
+        if load > usable:
+            return (f"each GPU holds the whole 4-bit model before FSDP shards it: needs {gib(load)}, "
+                    f"usable {gib(usable)}; use a GPU tier with more memory")
         return None
 
     sizes = [gpus] if gpus else [1, 2, 4, 8]

@@ -143,7 +143,7 @@ def ingest(target, paths: list[str], *, size: int = DEFAULT_SIZE, overlap: int =
         existing = store.ids(source)
         if set(ids) != existing:
             pending.add(source, [(i, c) for i, c in zip(ids, chunks) if i not in existing], existing - set(ids),
-                      bool(existing), path.name)
+                        bool(existing))
             continue
         if chunks:
             summary.unchanged_files += 1
@@ -168,12 +168,12 @@ class Batch:
 
     def __init__(self, store, embedder, summary: Summary, progress, size: int):
         self.store, self.embedder, self.summary, self.progress, self.size = store, embedder, summary, progress, size
-        self.files: list[tuple[str, list, set[str], bool, str]] = []
+        self.files: list[tuple[str, list, set[str], bool]] = []  # source, its (id, chunk)s to add, stale ids, existed
         self.chunks = 0
         self.prepared = False
 
-    def add(self, source: str, fresh: list, stale: set[str], existed: bool, name: str) -> None:
-        self.files.append((source, fresh, stale, existed, name))
+    def add(self, source: str, fresh: list, stale: set[str], existed: bool) -> None:
+        self.files.append((source, fresh, stale, existed))
         self.chunks += len(fresh)
         if self.chunks >= self.size:
             self.flush()
@@ -181,14 +181,14 @@ class Batch:
     def flush(self) -> None:
         if not self.files:
             return
-        vectors = iter(self.embedder.embed([c.text for _, fresh, *_ in self.files for _, c in fresh]))
-        changes = [Change(source, [Record(i, source, c.position, c.text, c.heading, next(vectors)) for i, c in fresh],
-                          stale) for source, fresh, stale, *_ in self.files]
-        if not self.prepared and any(c.records for c in changes):
-            self.store.prepare(self.embedder.name, len(next(c.records for c in changes if c.records)[0].vector))
+        vectors = self.embedder.embed([c.text for _, fresh, _, _ in self.files for _, c in fresh])
+        if vectors and not self.prepared:
+            self.store.prepare(self.embedder.name, len(vectors[0]))
             self.prepared = True
-        self.store.write(changes)
-        for (source, fresh, stale, existed, name) in self.files:
+        each = iter(vectors)
+        self.store.write([Change(source, [Record(i, source, c.position, c.text, c.heading, next(each))
+                                          for i, c in fresh], stale) for source, fresh, stale, _ in self.files])
+        for source, fresh, stale, existed in self.files:
             self.summary.chunks_added += len(fresh)
             self.summary.chunks_removed += len(stale)
             if existed:
@@ -196,5 +196,5 @@ class Batch:
             else:
                 self.summary.new_files += 1
             if self.progress:
-                self.progress(1, name)
+                self.progress(1, Path(source).name)
         self.files, self.chunks = [], 0
