@@ -83,17 +83,15 @@ def save(output_dir, step: int, model, optimizer, scheduler, state: dict, runtim
         import torch.distributed.checkpoint as dcp
 
         dcp.save(_sharded_state(model, optimizer, trainable), checkpoint_id=str(tmp))
-        torch.save(rng_state(), tmp / f"rng-{runtime.rank}.pt")
-        if runtime.main:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     else:
         from safetensors.torch import save_file
 
         weights = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if runtime.main:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+    torch.save(rng_state(), _rng_file(tmp, runtime))
     runtime.barrier()
     if runtime.main:
         _write_synced(tmp / MARKER, json.dumps(state, indent=2) + "\n")
@@ -134,21 +132,24 @@ def load(path: Path, model, optimizer, scheduler, runtime, trainable: set[str]) 
                            "was the config's model, method or lora changed? Use a new output_dir") from None
         set_state_dict(model, optimizer, model_state_dict=sharded["model"], optim_state_dict=sharded["optimizer"],
                        options=StateDictOptions(strict=False))
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        set_rng_state(torch.load(path / f"rng-{runtime.rank}.pt", weights_only=False))
-        return state
-    from safetensors.torch import load_file
+    else:
+        from safetensors.torch import load_file
 
-    weights = load_file(str(path / "trainable.safetensors"))
-    if set(weights) != trainable:
-        raise KitError(f"{path}: checkpoint does not match the model being trained "
-                       f"({len(set(weights) ^ trainable)} trainable tensors differ); "
-                       "was the config's model, method or lora changed? Use a new output_dir")
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        weights = load_file(str(path / "trainable.safetensors"))
+        if set(weights) != trainable:
+            raise KitError(f"{path}: checkpoint does not match the model being trained "
+                           f"({len(set(weights) ^ trainable)} trainable tensors differ); "
+                           "was the config's model, method or lora changed? Use a new output_dir")
+        model.load_state_dict(weights, strict=False)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    set_rng_state(torch.load(_rng_file(path, runtime), weights_only=False))
     return state
+
+
+def _rng_file(directory: Path, runtime) -> Path:
+    """Each rank's RNG state (dropout masks differ per rank); one process keeps the plain name."""
+    return directory / (f"rng-{runtime.rank}.pt" if runtime.sharded else "rng.pt")
 
 
 def _sharded_state(model, optimizer, trainable: set[str]) -> dict:
